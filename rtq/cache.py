@@ -1,0 +1,50 @@
+"""Content-addressed cache for expensive artifacts (calibrated ONNX, engines).
+
+A key is a hash of everything that determines the artifact (settings and input file bytes), so
+re-running an experiment with a changed comparison setting reuses the calibrated model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+
+def file_digest(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cache_key(**parts: Any) -> str:
+    """Stable short hash of JSON-serialisable settings (paths given as file digests by the caller)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:20]
+
+
+class ArtifactCache:
+    """A folder of cached artifacts, one sub-folder per key."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def lookup(self, kind: str, key: str, filename: str) -> Path | None:
+        path = self.root / kind / key / filename
+        return path if path.is_file() else None
+
+    def store(self, kind: str, key: str, source: Path, filename: str | None = None) -> Path:
+        """Copy `source` into the cache atomically and return the cached path."""
+        target_dir = self.root / kind / key
+        target_dir.mkdir(parents=True, exist_ok=True)
+        target = target_dir / (filename or source.name)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+        return target

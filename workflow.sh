@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# rtq workflow: setup | demo | test | lint | table | bench
+# Every command installs what it needs into .venv first (idempotent, quick when already done).
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$(pwd)
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+# torch is pinned in the same pip command as everything else so pip never swaps in a CUDA build.
+TORCH_PIN="torch==2.13.0"
+STAMP="$VENV/.rtq-setup-stamp"
+
+setup_fingerprint() {
+  { cat pyproject.toml; echo "$TORCH_PIN"; } | sha256sum | cut -d' ' -f1
+}
+
+cmd_setup() {
+  local want
+  want=$(setup_fingerprint)
+  if [ -x "$PY" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+    echo "setup: .venv is up to date"
+    return 0
+  fi
+  if [ ! -x "$PY" ]; then
+    echo "setup: creating .venv"
+    python3 -m venv "$VENV"
+  fi
+  echo "setup: installing rtq and its dependencies into .venv (about a minute)"
+  "$PY" -m pip install --quiet --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+  "$PY" -m pip install --quiet "$TORCH_PIN" -e ".[dev]" 2>&1 | grep -v '^WARNING: Location' || true
+  "$PY" -c "import rtq, torch, modelopt.torch.quantization, onnx, onnx_graphsurgeon, polygraphy, onnxruntime, pycocotools, hydra" \
+    || { echo "setup: the installation is incomplete (see pip's messages above)" >&2; exit 1; }
+  echo "$want" > "$STAMP"
+  echo "setup: done"
+}
+
+ensure_setup() {
+  if [ ! -x "$PY" ] || [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$(setup_fingerprint)" ]; then
+    cmd_setup
+  fi
+}
+
+cmd_test() {
+  ensure_setup
+  "$VENV/bin/ruff" check rtq tests plugins
+  "$VENV/bin/mypy" rtq
+  "$PY" -m pytest -q "$@"
+}
+
+cmd_lint() {
+  ensure_setup
+  "$VENV/bin/ruff" check rtq tests plugins
+  "$VENV/bin/mypy" rtq
+}
+
+cmd_demo() {
+  ensure_setup
+  "$PY" -m rtq.demo "$@"
+}
+
+cmd_table() {
+  ensure_setup
+  "$PY" -m rtq.table "$@"
+}
+
+cmd_bench() {
+  ensure_setup
+  "$PY" -m rtq.bench "$@"
+}
+
+usage() {
+  echo "usage: ./workflow.sh {setup|demo|test|lint|table|bench} [args...]" >&2
+  exit 2
+}
+
+[ $# -ge 1 ] || usage
+command=$1
+shift
+case "$command" in
+  setup) cmd_setup ;;
+  demo) cmd_demo "$@" ;;
+  test) cmd_test "$@" ;;
+  lint) cmd_lint ;;
+  table) cmd_table "$@" ;;
+  bench) cmd_bench "$@" ;;
+  *) usage ;;
+esac
