@@ -1,0 +1,1 @@
+"""The fused sampling-offset / attention-weight projection of RT-DETRv2 decoder cross attention."""

@@ -1,0 +1,1 @@
+"""rtq.backends: Polygraphy runners per backend (`torch`, `onnxruntime`, `tensorrt`); imported lazily."""

@@ -1,0 +1,254 @@
+"""Every difference between TensorRT versions (10.x vs 11.x) lives here and nowhere else.
+
+The rest of the backend asks this module *what* to do (create a strongly typed network? set the
+FP16 builder flag? convert the ONNX to fp16 first?) and *how* to do the version-dependent calls
+(plugin library loading, engine inspector JSON). `tensorrt` is imported lazily so rtq imports and
+its pure-Python parts are testable on machines without TensorRT.
+
+Differences handled:
+- TRT < 10: networks need the EXPLICIT_BATCH creation flag; TRT >= 10 has only explicit batch.
+- TRT 10: strong typing is opt-in (STRONGLY_TYPED flag) and excludes precision flags; weakly
+  typed builds take FP16/INT8 builder flags.
+- TRT >= 11: every network is strongly typed and the FP16/INT8 builder flags are gone, so FP16
+  engines are built from an ONNX converted to fp16 (onnxconverter-common, fp32 I/O kept).
+- Plugin libraries: `IPluginRegistry.load_library` (TRT >= 10, uses the library's
+  `getCreators`) and `IBuilderConfig.plugins_to_serialize`; older versions only have ctypes.
+- Engine inspector JSON: TRT 10 lists I/O names under "Bindings", TRT 11 objects under
+  "I/O Tensors".
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol, cast
+
+from rtq.errors import StageSkipped, UserError
+
+Precision = Literal["int8_qdq", "fp16", "fp32"]
+PRECISIONS: tuple[str, ...] = ("int8_qdq", "fp16", "fp32")
+TRT_MISSING = "TensorRT not installed"
+
+
+class PluginRegistry(Protocol):
+    """The part of `trt.IPluginRegistry` rtq uses."""
+
+    def load_library(self, path: str) -> Any: ...
+
+
+class EngineInspector(Protocol):
+    def get_engine_information(self, format: Any) -> str: ...
+
+
+class CudaEngine(Protocol):
+    def create_engine_inspector(self) -> EngineInspector: ...
+
+
+class TensorRTModule(Protocol):
+    """The attributes of the `tensorrt` module rtq touches (tensorrt-stubs is not usable)."""
+
+    __version__: str
+    NetworkDefinitionCreationFlag: Any
+    ProfilingVerbosity: Any
+    LayerInformationFormat: Any
+    MemoryPoolType: Any
+
+    def get_plugin_registry(self) -> PluginRegistry: ...
+
+    def init_libnvinfer_plugins(self, logger: Any, namespace: str) -> bool: ...
+
+
+def import_tensorrt() -> TensorRTModule:
+    """Import `tensorrt` or raise StageSkipped, so stages needing it are skipped, not crashed."""
+    try:
+        import tensorrt
+    except ImportError as err:
+        raise StageSkipped(TRT_MISSING) from err
+    return cast(TensorRTModule, tensorrt)
+
+
+def tensorrt_available() -> bool:
+    try:
+        import_tensorrt()
+    except StageSkipped:
+        return False
+    return True
+
+
+def parse_version(version: str) -> tuple[int, int]:
+    """'10.13.0.35' -> (10, 13). Raises ValueError on text that is not a version."""
+    match = re.match(r"^(\d+)\.(\d+)", version.strip())
+    if not match:
+        raise ValueError(f"not a TensorRT version: {version!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+@dataclass(frozen=True)
+class TrtFeatures:
+    """What a TensorRT version can do, derived from its version number only (pure, testable)."""
+
+    major: int
+    minor: int
+
+    @classmethod
+    def from_version(cls, version: str) -> TrtFeatures:
+        major, minor = parse_version(version)
+        return cls(major, minor)
+
+    @property
+    def needs_explicit_batch_flag(self) -> bool:
+        return self.major < 10
+
+    @property
+    def always_strongly_typed(self) -> bool:
+        return self.major >= 11
+
+    @property
+    def has_strongly_typed_flag(self) -> bool:
+        """The flag exists from 9.x; on 11.x it is redundant, so rtq never sets it there."""
+        return 9 <= self.major < 11
+
+    @property
+    def has_precision_flags(self) -> bool:
+        return self.major < 11
+
+    @property
+    def has_load_library(self) -> bool:
+        return self.major >= 10
+
+    @property
+    def has_plugins_to_serialize(self) -> bool:
+        return self.major >= 10
+
+    @property
+    def inspector_io_key(self) -> str:
+        return "I/O Tensors" if self.major >= 11 else "Bindings"
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    """How to create the network and builder config for one precision on one TRT version."""
+
+    explicit_batch: bool | None  # None: let Polygraphy decide (no flag on TRT >= 10)
+    strongly_typed_flag: bool  # pass NetworkDefinitionCreationFlag.STRONGLY_TYPED
+    strongly_typed: bool  # the network *is* strongly typed (flag or TRT >= 11)
+    fp16_flag: bool
+    int8_flag: bool
+    convert_onnx_to_fp16: bool
+
+
+def network_settings(features: TrtFeatures, precision: str, strongly_typed: bool = True) -> NetworkSettings:
+    """Pick network flags / builder flags / ONNX conversion for `precision`.
+
+    Strongly typed (the default, and the only mode on TRT 11) means types come from the ONNX:
+    Q/DQ pairs make INT8 layers, fp32 elsewhere; FP16 needs an fp16 ONNX. Weakly typed (TRT 10
+    only, `strongly_typed=False`) lets the builder pick FP16 for non-quantized layers.
+    """
+    if precision not in PRECISIONS:
+        raise UserError(f"backend.precision={precision!r} is not one of {', '.join(PRECISIONS)}")
+    typed = strongly_typed or features.always_strongly_typed
+    explicit_batch = True if features.needs_explicit_batch_flag else None
+    if typed:
+        return NetworkSettings(
+            explicit_batch=explicit_batch,
+            strongly_typed_flag=features.has_strongly_typed_flag,
+            strongly_typed=True,
+            fp16_flag=False,
+            int8_flag=False,
+            convert_onnx_to_fp16=precision == "fp16",
+        )
+    return NetworkSettings(
+        explicit_batch=explicit_batch,
+        strongly_typed_flag=False,
+        strongly_typed=False,
+        fp16_flag=precision in ("fp16", "int8_qdq"),
+        int8_flag=precision == "int8_qdq",
+        convert_onnx_to_fp16=False,
+    )
+
+
+def convert_onnx_to_fp16(src: Path, dst: Path) -> Path:
+    """Write an fp16 copy of `src` with fp32 inputs/outputs kept, so feeds stay unchanged."""
+    import onnx
+    from onnxconverter_common import float16
+
+    model = onnx.load(str(src))
+    converted = float16.convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    onnx.save(converted, str(tmp))
+    tmp.replace(dst)
+    return dst
+
+
+def load_plugin_libraries(trt: TensorRTModule, libraries: Sequence[Path]) -> list[Any]:
+    """Load plugin libraries so their creators are registered; keep the handles alive.
+
+    TRT >= 10 uses `IPluginRegistry.load_library`, which calls the library's `getCreators`
+    entry point (what `plugin_v3.cpp` exports). Older versions fall back to ctypes, which only
+    works for libraries that register themselves statically.
+    """
+    features = TrtFeatures.from_version(trt.__version__)
+    handles: list[Any] = []
+    for library in libraries:
+        path = Path(library)
+        if not path.is_file():
+            raise UserError(
+                f"plugin library {path} does not exist: build it with "
+                f"`cmake -S {path.parent.parent} -B {path.parent} && cmake --build {path.parent}`"
+            )
+        if features.has_load_library:
+            handles.append(trt.get_plugin_registry().load_library(str(path)))
+        else:
+            handles.append(ctypes.CDLL(str(path)))
+    return handles
+
+
+def set_plugins_to_serialize(trt: TensorRTModule, builder_config: Any, libraries: Sequence[Path]) -> bool:
+    """Ask the builder to embed plugin libraries in the plan where the version supports it.
+
+    TensorRT only honours this for version-compatible engines; rtq still loads the libraries
+    before deserializing, so this is a convenience for running the plan elsewhere.
+    """
+    features = TrtFeatures.from_version(trt.__version__)
+    if not libraries or not features.has_plugins_to_serialize:
+        return False
+    if not hasattr(builder_config, "plugins_to_serialize"):
+        return False
+    builder_config.plugins_to_serialize = [str(p) for p in libraries]
+    return True
+
+
+def engine_information(trt: TensorRTModule, engine: CudaEngine) -> dict[str, Any]:
+    """The engine inspector's JSON for the whole engine, as a dict.
+
+    Layer detail needs `ProfilingVerbosity.DETAILED` at build time (build.py sets it).
+    """
+    inspector = engine.create_engine_inspector()
+    text = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
+    info = json.loads(text)
+    if not isinstance(info, dict):
+        raise ValueError("engine inspector returned JSON that is not an object")
+    return info
+
+
+def engine_io_names(info: dict[str, Any]) -> list[str]:
+    """I/O tensor names from inspector JSON of either version ("Bindings" or "I/O Tensors")."""
+    if "I/O Tensors" in info:
+        return [str(t.get("Name", "")) for t in info["I/O Tensors"] if isinstance(t, dict)]
+    return [str(name) for name in info.get("Bindings", [])]
+
+
+def gpu_name() -> str:
+    """Name of CUDA device 0; engines are only valid on the GPU they were tuned for."""
+    try:
+        import torch
+    except ImportError as err:  # pragma: no cover - torch is a dependency
+        raise StageSkipped("PyTorch is needed to query the GPU name") from err
+    if not torch.cuda.is_available():
+        raise StageSkipped("no CUDA GPU available")
+    return str(torch.cuda.get_device_name(0))

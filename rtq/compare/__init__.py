@@ -1,0 +1,1 @@
+"""rtq.compare."""

@@ -1,0 +1,128 @@
+"""Loading official RT-DETRv2 checkpoints strictly, with one-line errors that say what went wrong.
+
+Released files hold `{'ema': {'module': state_dict}}` (float16 or float32); training snapshots hold
+`{'model': state_dict}`; a bare state dict is accepted too. A checkpoint for another variant is
+recognised by comparing its key/shape signature with every known variant's.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rtq.errors import UserError
+
+log = logging.getLogger(__name__)
+
+RELEASES_HINT = (
+    "official RT-DETRv2 weights are published in the lyuwenyu/RT-DETR GitHub releases "
+    "(rtdetrv2_*.pth); download one and set model.checkpoint=PATH"
+)
+_SHOWN_KEYS = 3
+
+Signature = dict[str, tuple[int, ...]]
+
+
+def extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The model state dict inside a loaded checkpoint object (EMA weights preferred)."""
+    if isinstance(obj, dict):
+        ema = obj.get("ema")
+        if isinstance(ema, dict) and isinstance(ema.get("module"), dict):
+            return ema["module"]
+        if isinstance(obj.get("model"), dict):
+            return obj["model"]
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+    raise UserError(
+        f"checkpoint {path} holds no state dict (expected {{'ema': {{'module': ...}}}}, "
+        f"{{'model': ...}} or a bare state dict); {RELEASES_HINT}"
+    )
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a checkpoint file; float16 tensors come back as float32."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; {RELEASES_HINT}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file for the user
+        raise UserError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); {RELEASES_HINT}") from None
+    state = extract_state_dict(obj, path)
+    return {k: v.float() if v.dtype == torch.float16 else v for k, v in state.items()}
+
+
+@functools.cache
+def variant_signature(name: str) -> Signature:
+    """Key -> shape of variant `name`, built on the meta device (no memory, no init cost)."""
+    from rtq.models.registry import VARIANTS, construct
+
+    with torch.device("meta"):
+        model = construct(VARIANTS[name])
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _normalise(signature: Signature) -> Signature:
+    """Drop `num_batches_tracked` keys, which frozen-norm backbones ignore when loading."""
+    return {k: v for k, v in signature.items() if not k.endswith("num_batches_tracked")}
+
+
+def closest_variants(signature: Signature) -> list[str]:
+    """Known variants whose key/shape signature is closest to `signature` (ties all returned)."""
+    from rtq.models.registry import VARIANTS
+
+    target = set(_normalise(signature).items())
+    scores: dict[str, float] = {}
+    for name in VARIANTS:
+        known = set(_normalise(variant_signature(name)).items())
+        scores[name] = len(target & known) / max(len(target | known), 1)
+    best = max(scores.values())
+    return sorted(n for n, s in scores.items() if s == best)
+
+
+def _first(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_SHOWN_KEYS])
+    return shown + (f" (+{len(keys) - _SHOWN_KEYS} more)" if len(keys) > _SHOWN_KEYS else "")
+
+
+def describe_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """A short description of why `state` cannot load strictly into `model`, or None if it can."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    frozen_extra = {  # FrozenBatchNorm2d drops these on load
+        k for k in state
+        if k.endswith("num_batches_tracked") and k not in expected
+        and k.rsplit(".", 1)[0] + ".running_var" in expected
+    }
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected and k not in frozen_extra]
+    mismatched = [k for k in expected if k in state and tuple(state[k].shape) != expected[k]]
+    parts = []
+    if missing:
+        parts.append(f"missing keys: {_first(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys: {_first(unexpected)}")
+    if mismatched:
+        k = mismatched[0]
+        more = f" (+{len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
+        parts.append(f"shape mismatch: {k} {list(state[k].shape)} vs {list(expected[k])}{more}")
+    return "; ".join(parts) if parts else None
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, name: str) -> None:
+    """Load `path` into `model` (variant `name`) strictly; `UserError` in one line if it does not fit."""
+    state = read_state_dict(path)
+    problem = describe_mismatch(model, state)
+    if problem is not None:
+        guess = closest_variants({k: tuple(v.shape) for k, v in state.items()})
+        looks_like = " or ".join(guess)
+        raise UserError(
+            f"checkpoint {path} does not fit model {name}: it looks like {looks_like}; {problem}. "
+            f"Set model.name to the checkpoint's variant or model.checkpoint to a {name} checkpoint"
+        )
+    model.load_state_dict(state, strict=True)
+    log.info("model %s: loaded checkpoint %s", name, path)

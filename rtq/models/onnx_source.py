@@ -1,0 +1,155 @@
+"""Detectors that exist only as an ONNX file: load them and give them a symbolic batch dimension.
+
+Third-party exports such as YOLOX's are often traced at batch 1, with the 1 baked into the graph
+inputs/outputs, every recorded intermediate shape and the shape constants of `Reshape` nodes. The
+rest of rtq (batched evaluation, FPS sweeps, TensorRT optimisation profiles) needs batch `N`, so
+`make_batch_dynamic` rewrites those places and `check_dynamic_batch` proves the result by running
+it: each image of a batch must get the outputs it gets alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from rtq.errors import UserError
+
+BATCH_DIM = "N"
+
+
+@dataclass
+class BatchRewrite:
+    """What `make_batch_dynamic` changed, for the stage log."""
+
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    reshapes: list[str] = field(default_factory=list)  # Reshape nodes whose batch constant became 0
+
+
+def load_detector_onnx(path: str | Path) -> onnx.ModelProto:
+    """Load and check an ONNX detector, failing with a fix when the path is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(
+            f"ONNX model {str(path)!r} does not exist: set model.onnx_path to an existing .onnx file"
+        )
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.checker.ValidationError) as err:
+        raise UserError(f"{str(path)!r} is not a valid ONNX model ({err}): re-export it") from err
+    return model
+
+
+def _static_batch(model: onnx.ModelProto) -> int | None:
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    if len(dims) == 0 or not dims[0].HasField("dim_value"):
+        return None
+    return int(dims[0].dim_value)
+
+
+def _batch_leading_tensors(model: onnx.ModelProto, batch: int) -> set[str]:
+    """Tensors whose inferred shape starts with the static batch size (inputs of batch-aware ops)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    names = set()
+    for info in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        dims = info.type.tensor_type.shape.dim
+        if len(dims) > 0 and dims[0].HasField("dim_value") and dims[0].dim_value == batch:
+            names.add(info.name)
+    return names
+
+
+def make_batch_dynamic(
+    model: onnx.ModelProto, dim_name: str = BATCH_DIM
+) -> tuple[onnx.ModelProto, BatchRewrite]:
+    """Copy of `model` with the static leading batch of every input/output replaced by `dim_name`.
+
+    `Reshape` shape constants whose first entry equals the static batch (and whose data input
+    carries that batch first) get 0 in its place, ONNX's "copy this dimension from the input",
+    which keeps them correct for any batch. Recorded intermediate shapes are dropped and
+    re-inferred, since they all carry the old batch.
+    """
+    batch = _static_batch(model)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    report = BatchRewrite()
+    if batch is None:
+        return out, report
+    batch_leading = _batch_leading_tensors(model, batch)
+    initializers = {init.name: init for init in out.graph.initializer}
+    consumers: dict[str, int] = {}
+    for node in out.graph.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    for node in out.graph.node:
+        if node.op_type != "Reshape" or node.input[1] not in initializers:
+            continue
+        shape = numpy_helper.to_array(initializers[node.input[1]]).copy()
+        if shape.size == 0 or shape[0] != batch or node.input[0] not in batch_leading:
+            continue
+        if consumers[node.input[1]] > 1:  # shared constant: give this node its own copy
+            new_name = f"{node.input[1]}_{node.name}_dynbatch"
+            const = numpy_helper.from_array(shape, new_name)
+            out.graph.initializer.append(const)
+            initializers[new_name] = const
+            node.input[1] = new_name
+        shape[0] = 0
+        initializers[node.input[1]].CopyFrom(numpy_helper.from_array(shape, node.input[1]))
+        report.reshapes.append(node.name)
+    for value, names in ((out.graph.input, report.inputs), (out.graph.output, report.outputs)):
+        for info in value:
+            dims = info.type.tensor_type.shape.dim
+            if len(dims) > 0 and dims[0].HasField("dim_value") and dims[0].dim_value == batch:
+                dims[0].dim_param = dim_name
+                names.append(info.name)
+    del out.graph.value_info[:]
+    out = onnx.shape_inference.infer_shapes(out, strict_mode=True)
+    return out, report
+
+
+def check_dynamic_batch(
+    model_path: str | Path,
+    make_feed: Callable[[int], dict[str, np.ndarray]],
+    batch: int = 4,
+    atol: float = 1e-4,
+) -> float:
+    """Run the model at batch `batch` and image by image; return the largest output difference.
+
+    Raises when ONNX Runtime cannot infer shapes or the per-image outputs differ by more than
+    `atol`, which is what a batch constant left in the graph would cause.
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    feed = make_feed(batch)
+    batched = session.run(None, feed)
+    worst = 0.0
+    for i in range(batch):
+        single = session.run(None, {k: v[i : i + 1] for k, v in feed.items()})
+        for whole, alone in zip(batched, single, strict=True):
+            if whole.shape[1:] != alone.shape[1:] or whole.shape[0] != batch:
+                raise RuntimeError(f"batch {batch} output shape {whole.shape} vs single {alone.shape}")
+            worst = max(worst, float(np.max(np.abs(whole[i : i + 1].astype(np.float64) - alone))))
+    if worst > atol:
+        raise RuntimeError(
+            f"per-image outputs differ by {worst:g} between batch {batch} and 1 (atol {atol:g})"
+        )
+    return worst
+
+
+def dynamic_batch_onnx(
+    src: str | Path, dst: str | Path, dim_name: str = BATCH_DIM
+) -> tuple[Path, BatchRewrite]:
+    """Load `src`, rewrite its batch to `dim_name` and save it to `dst` (written atomically)."""
+    model, report = make_batch_dynamic(load_detector_onnx(src), dim_name)
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_suffix(".tmp.onnx")
+    onnx.save(model, str(tmp))
+    tmp.replace(dst)
+    return dst, report

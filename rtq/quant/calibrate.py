@@ -1,0 +1,130 @@
+"""Insert modelopt quantizers into a torch model and calibrate them on real images.
+
+`mtq.quantize(model, quant_cfg, forward_loop)` does the work for the methods modelopt finishes
+itself (`max`, `mse`). For histogram methods (`percentile`, `entropy`) modelopt 0.47's quantize
+cannot compute the amax (its max algorithm calls the histogram calibrator without a method), so
+quantizers are inserted with `algorithm=None` and the statistics are collected here: enable
+calibration, run the same forward loop, then `load_calib_amax(method, percentile=...)` on
+histogram calibrators and `load_calib_amax()` on max calibrators.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from rtq.errors import UserError
+from rtq.models.io import DetectorIO
+from rtq.quant.recipes import Recipe, check_module_globs, to_quant_cfg
+
+Feed = Mapping[str, "np.ndarray | torch.Tensor"]
+
+
+def _to_tensors(feed: Feed, device: torch.device) -> dict[str, torch.Tensor]:
+    return {name: torch.as_tensor(np.asarray(v) if not torch.is_tensor(v) else v).to(device)
+            for name, v in feed.items()}
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def make_forward_loop(batches: list[dict[str, torch.Tensor]], progress: bool) -> Callable[[nn.Module], None]:
+    """A modelopt forward loop over the cached calibration batches (it may be called more than once)."""
+
+    def forward_loop(model: nn.Module) -> None:
+        with torch.no_grad():
+            if not progress:
+                for feed in batches:
+                    model(**feed)
+                return
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+            columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                       TimeElapsedColumn())
+            with Progress(*columns, transient=False) as bar:
+                task = bar.add_task("calibrating", total=len(batches))
+                for feed in batches:
+                    model(**feed)
+                    bar.advance(task)
+
+    return forward_loop
+
+
+def _finish_histogram_calibration(model: nn.Module, method: str, percentile: float) -> None:
+    """Load amax from every calibrating quantizer: histogram ones by `method`, max ones as is."""
+    from modelopt.torch.quantization.calib import HistogramCalibrator
+    from modelopt.torch.quantization.nn import TensorQuantizer
+
+    kwargs: dict[str, Any] = {"percentile": percentile} if method == "percentile" else {}
+    for name, module in model.named_modules():
+        if not isinstance(module, TensorQuantizer) or module._disabled:
+            continue
+        calibrator = getattr(module, "_calibrator", None)
+        if calibrator is None or getattr(module, "_dynamic", False) or not module._if_calib:
+            continue
+        try:
+            if isinstance(calibrator, HistogramCalibrator):
+                module.load_calib_amax(method, **kwargs)
+            else:
+                module.load_calib_amax()
+        except RuntimeError as err:
+            raise UserError(
+                f"quantizer {name} saw no calibration data ({err}); the calibration images never reach "
+                "this module: exclude it in the recipe"
+            ) from None
+        module.enable_quant()
+        module.disable_calib()
+
+
+def quantize_model(
+    model: nn.Module,
+    recipe: Recipe,
+    calib_batches: Iterable[Feed],
+    progress: bool = True,
+) -> nn.Module:
+    """Fake-quantize `model` in place with `recipe`, calibrating on `calib_batches` (feed dicts)."""
+    import modelopt.torch.quantization as mtq
+    from modelopt.torch.quantization.model_calib import enable_stats_collection
+
+    device = _model_device(model)
+    batches = [_to_tensors(feed, device) for feed in calib_batches]
+    if not batches:
+        raise UserError(
+            f"recipe {recipe.name!r}: the calibration set is empty; point quant.calib.source at a folder "
+            "of images"
+        )
+    check_module_globs(recipe, model)
+    model.eval()
+    config = to_quant_cfg(recipe)
+    forward_loop = make_forward_loop(batches, progress)
+    method = recipe.histogram_method
+    if method is None:
+        return mtq.quantize(model, config, forward_loop)
+    model = mtq.quantize(model, config, forward_loop=None)  # algorithm None: insert quantizers only
+    enable_stats_collection(model)
+    forward_loop(model)
+    _finish_histogram_calibration(model, method, float(recipe.calib.percentile))
+    return model
+
+
+def calibration_feeds(
+    recipe: Recipe, io: DetectorIO, source: str | Path | None = None
+) -> list[dict[str, Any]]:
+    """The recipe's calibration batches: its `max_images` from `source` (or `calib.source`), batched."""
+    from rtq.data.calib import CalibrationImages, calibration_batches
+
+    folder = source if source is not None else recipe.calib.source
+    if folder is None:
+        raise UserError(
+            f"recipe {recipe.name!r} has no calibration images; set quant.calib.source=PATH to a folder of "
+            "images"
+        )
+    images = CalibrationImages(folder, max_images=recipe.calib.max_images)
+    return list(calibration_batches(images, io, recipe.calib.batch_size))

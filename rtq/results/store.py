@@ -1,0 +1,68 @@
+"""Results of runs: `results.json` per run directory and an append-only JSON-lines store.
+
+Tables are rendered from the store, never typed by hand; the store is append-only so the history
+of every experiment is kept and the latest line of a configuration is its current result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from rtq.errors import UserError
+
+RESULTS_FILE = "results.json"
+
+
+def write_results(run_dir: str | Path, row: dict[str, Any]) -> Path:
+    """Write `row` to RUN_DIR/results.json atomically: a reader never sees a partial file."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    target = run_dir / RESULTS_FILE
+    fd, tmp_name = tempfile.mkstemp(dir=run_dir, prefix=".results.", suffix=".json.tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(row, handle, indent=2, sort_keys=False, allow_nan=False)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def append_to_store(store_path: str | Path, row: dict[str, Any]) -> Path:
+    """Append `row` as one JSON line (a single write, so concurrent runs do not interleave lines)."""
+    store_path = Path(store_path)
+    store_path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(row, allow_nan=False, separators=(",", ":")) + "\n"
+    with open(store_path, "a", encoding="utf-8") as handle:
+        handle.write(line)
+    return store_path
+
+
+def load_store(path: str | Path) -> list[dict[str, Any]]:
+    """All rows of a store, oldest first; blank lines are ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"results store {path} does not exist; run an experiment first or pass --store PATH")
+    rows: list[dict[str, Any]] = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UserError(
+                    f"results store {path} line {number} is not JSON ({err.msg}); fix or delete it"
+                ) from None
+            if not isinstance(row, dict):
+                raise UserError(f"results store {path} line {number} is not a JSON object; fix or delete it")
+            rows.append(row)
+    return rows

@@ -1,0 +1,113 @@
+"""Version-dependent decisions of the TensorRT backend (pure parts run without TensorRT)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from rtq.backends.tensorrt import compat
+from rtq.errors import StageSkipped, UserError
+
+TRT_10 = compat.TrtFeatures.from_version("10.13.0.35")
+TRT_11 = compat.TrtFeatures.from_version("11.1.0")
+TRT_8 = compat.TrtFeatures.from_version("8.6.1")
+
+
+def test_parse_version() -> None:
+    assert compat.parse_version("10.13.0.35") == (10, 13)
+    assert compat.parse_version("11.0") == (11, 0)
+    with pytest.raises(ValueError):
+        compat.parse_version("ten")
+
+
+def test_features_by_version() -> None:
+    assert TRT_8.needs_explicit_batch_flag and not TRT_10.needs_explicit_batch_flag
+    assert TRT_10.has_strongly_typed_flag and not TRT_11.has_strongly_typed_flag
+    assert TRT_11.always_strongly_typed and not TRT_10.always_strongly_typed
+    assert TRT_10.has_precision_flags and not TRT_11.has_precision_flags
+    assert TRT_10.has_load_library and not TRT_8.has_load_library
+    assert TRT_10.inspector_io_key == "Bindings" and TRT_11.inspector_io_key == "I/O Tensors"
+
+
+@pytest.mark.parametrize("features", [TRT_10, TRT_11])
+@pytest.mark.parametrize("precision", ["int8_qdq", "fp16", "fp32"])
+def test_strongly_typed_never_sets_precision_flags(features: compat.TrtFeatures, precision: str) -> None:
+    settings = compat.network_settings(features, precision, strongly_typed=True)
+    assert settings.strongly_typed
+    assert not settings.fp16_flag and not settings.int8_flag
+    assert settings.convert_onnx_to_fp16 == (precision == "fp16")
+    assert settings.strongly_typed_flag == (features is TRT_10)
+    assert settings.explicit_batch is None
+
+
+def test_weakly_typed_on_trt10_uses_builder_flags() -> None:
+    int8 = compat.network_settings(TRT_10, "int8_qdq", strongly_typed=False)
+    assert (int8.strongly_typed, int8.int8_flag, int8.fp16_flag, int8.convert_onnx_to_fp16) == (
+        False, True, True, False,
+    )
+    fp16 = compat.network_settings(TRT_10, "fp16", strongly_typed=False)
+    assert fp16.fp16_flag and not fp16.int8_flag and not fp16.convert_onnx_to_fp16
+    fp32 = compat.network_settings(TRT_10, "fp32", strongly_typed=False)
+    assert not fp32.fp16_flag and not fp32.int8_flag
+
+
+def test_trt11_ignores_weak_typing_request() -> None:
+    settings = compat.network_settings(TRT_11, "fp16", strongly_typed=False)
+    assert settings.strongly_typed and settings.convert_onnx_to_fp16 and not settings.fp16_flag
+
+
+def test_trt8_sets_explicit_batch() -> None:
+    assert compat.network_settings(TRT_8, "fp32").explicit_batch is True
+
+
+def test_unknown_precision_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="int4"):
+        compat.network_settings(TRT_10, "int4")
+
+
+def test_engine_io_names_both_schemas() -> None:
+    assert compat.engine_io_names({"Bindings": ["images", "boxes"]}) == ["images", "boxes"]
+    trt11 = {"I/O Tensors": [{"Name": "images", "IOMode": "Input"}, {"Name": "boxes", "IOMode": "Output"}]}
+    assert compat.engine_io_names(trt11) == ["images", "boxes"]
+
+
+def _tiny_float_model(path: Path) -> None:
+    weight = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(3, 4), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [weight],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_convert_onnx_to_fp16_keeps_float32_io(tmp_path: Path) -> None:
+    src, dst = tmp_path / "m.onnx", tmp_path / "m.fp16.onnx"
+    _tiny_float_model(src)
+    compat.convert_onnx_to_fp16(src, dst)
+    model = onnx.load(str(dst))
+    assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert model.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert model.graph.initializer[0].data_type == TensorProto.FLOAT16
+    assert "Cast" in {node.op_type for node in model.graph.node}
+
+
+def test_import_tensorrt_matches_availability() -> None:
+    if compat.tensorrt_available():
+        assert compat.parse_version(compat.import_tensorrt().__version__)[0] >= 8
+    else:
+        with pytest.raises(StageSkipped, match="^TensorRT not installed$"):
+            compat.import_tensorrt()
+
+
+def test_load_plugin_library_that_does_not_exist() -> None:
+    if not compat.tensorrt_available():
+        pytest.skip("TensorRT not installed")
+    with pytest.raises(UserError, match="does not exist"):
+        compat.load_plugin_libraries(compat.import_tensorrt(), [Path("/nonexistent/libplugin.so")])

@@ -1,0 +1,81 @@
+"""COCO bbox AP on the bundled annotations: ground truth scores 100, perturbed less, nothing 0."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from rtq.data.coco import CocoDataset
+from rtq.evaluate.coco_ap import STAT_KEYS, coco_bbox_stats, detections_to_coco
+from rtq.models.io import Detections
+
+BUNDLED = Path(__file__).resolve().parents[2] / "data" / "coco_val2017_mini"
+
+
+@pytest.fixture(scope="module")
+def dataset() -> CocoDataset:
+    return CocoDataset(BUNDLED)
+
+
+def ground_truth_as_detections(dataset: CocoDataset, image_ids: list[int]) -> list[dict[str, Any]]:
+    """Every non-crowd ground-truth box as a detection of score 1 (crowd regions are ignored by COCO)."""
+    anns = dataset.coco.loadAnns(dataset.coco.getAnnIds(imgIds=image_ids, iscrowd=False))
+    return [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": list(a["bbox"]), "score": 1.0}
+        for a in anns
+    ]
+
+
+def test_ground_truth_scores_100(dataset: CocoDataset) -> None:
+    detections = ground_truth_as_detections(dataset, dataset.image_ids)
+    stats = coco_bbox_stats(dataset.coco, detections, dataset.image_ids)
+    assert list(stats) == list(STAT_KEYS)
+    assert stats["ap"] == 100.0 and stats["ap50"] == 100.0 and stats["ap75"] == 100.0
+    assert stats["ar100"] == 100.0
+
+
+def test_shifted_boxes_score_lower(dataset: CocoDataset) -> None:
+    shifted = ground_truth_as_detections(dataset, dataset.image_ids)
+    for det in shifted:
+        x, y, w, h = det["bbox"]
+        det["bbox"] = [x + 0.2 * w, y + 0.2 * h, w, h]  # IoU 0.47: misses at 0.5 and above
+    stats = coco_bbox_stats(dataset.coco, shifted, dataset.image_ids)
+    assert stats["ap"] < 5.0
+    assert stats["ap50"] < 5.0  # a few shifted boxes still hit a neighbouring object of their class
+
+    slightly = ground_truth_as_detections(dataset, dataset.image_ids)
+    for det in slightly:
+        x, y, w, h = det["bbox"]
+        det["bbox"] = [x + 0.05 * w, y, w, h]  # IoU 0.90
+    stats = coco_bbox_stats(dataset.coco, slightly, dataset.image_ids)
+    assert stats["ap50"] == 100.0
+    assert 50.0 < stats["ap"] < 100.0
+
+
+def test_no_detections_scores_zero(dataset: CocoDataset) -> None:
+    stats = coco_bbox_stats(dataset.coco, [], dataset.image_ids)
+    assert stats["ap"] == 0.0 and stats["ap50"] == 0.0 and stats["ar100"] == 0.0
+
+
+def test_image_ids_restrict_the_evaluation(dataset: CocoDataset) -> None:
+    first_ten = dataset.image_ids[:10]
+    dets = ground_truth_as_detections(dataset, first_ten)
+    assert coco_bbox_stats(dataset.coco, dets, first_ten)["ap"] == 100.0
+    assert coco_bbox_stats(dataset.coco, dets, dataset.image_ids)["ar100"] < 50.0
+
+
+def test_detections_to_coco_converts_boxes_and_labels(dataset: CocoDataset) -> None:
+    dets = Detections(
+        labels=np.array([0, 79], dtype=np.int64),
+        boxes=np.array([[10, 20, 40, 60], [0, 0, 5.5, 2]], dtype=np.float32),
+        scores=np.array([0.9, 0.25], dtype=np.float32),
+    )
+    out = detections_to_coco(42, dets, dataset)
+    assert out[0] == {"image_id": 42, "category_id": 1, "bbox": [10, 20, 30, 40], "score": pytest.approx(0.9)}
+    assert out[1]["category_id"] == 90 and out[1]["bbox"] == [0.0, 0.0, 5.5, 2.0]
+    assert all(isinstance(v, float) for v in out[0]["bbox"])
+    empty = Detections(np.zeros(0, np.int64), np.zeros((0, 4), np.float32), np.zeros(0, np.float32))
+    assert detections_to_coco(42, empty, dataset) == []
