@@ -66,7 +66,9 @@ class RunContext:
     pending_inputs: list[str] = field(default_factory=list)
 
     def calib_source(self) -> str:
-        return str(self.cfg.data.calib.source)
+        """Calibration images: the recipe's own `quant.calib.source` if set, else the dataset's."""
+        own = self.cfg.quant.get("calib", {}).get("source")
+        return str(own or self.cfg.data.calib.source)
 
 
 StageFn = Callable[[RunContext], list[Path]]
@@ -90,15 +92,15 @@ def load_detector(cfg: DictConfig) -> Detector:
         checkpoint = cfg.model.get("checkpoint")
         model = build_deploy_model(name, checkpoint)
         return Detector(name, family, RTDETRIO(), torch_model=model, random_weights=checkpoint is None)
-    if family == "yolox":
-        from rtq.models.adapters.yolox import YoloxIO
+    if family == "onnx":
+        from rtq.models.adapters import build_adapter
 
-        path = Path(str(cfg.model.onnx))
+        path = Path(str(cfg.model.onnx_path))
         if not path.is_file():
-            raise UserError(f"model.onnx={path} does not exist; point it at the detector's ONNX file")
-        io = YoloxIO(**_container(cfg.model.get("adapter", {}) or {}))
+            raise UserError(f"model.onnx_path={path} does not exist; point it at the detector's ONNX file")
+        io = build_adapter(str(cfg.model.adapter), **(_container(cfg.model.get("adapter_options")) or {}))
         return Detector(name, family, io, source_onnx=path)
-    raise UserError(f"model.family={family!r} is not known; use 'rtdetr' or 'yolox'")
+    raise UserError(f"model.family={family!r} is not known; use 'rtdetr' or 'onnx'")
 
 
 # ---------------------------------------------------------------------------------------- stages
@@ -171,7 +173,7 @@ def stage_quantize(ctx: RunContext) -> list[Path]:
             ctx.onnx,
             out,
             feeds,
-            method=str(quant.calib.method),
+            method=str(quant.method),
             exclude_nodes=list(quant.get("exclude_nodes", []) or []),
             exclude_op_types=list(quant.get("exclude_op_types", []) or []),
         )
@@ -183,7 +185,13 @@ def stage_quantize(ctx: RunContext) -> list[Path]:
 
     summary = qdq_summary(onnx.load(str(out)))
     log.info("%s", summary.line())
-    ctx.row["quantizers"] = summary.__dict__ if hasattr(summary, "__dict__") else str(summary)
+    ctx.row["quantizers"] = {
+        "quantize_nodes": summary.quantize_nodes,
+        "dequantize_nodes": summary.dequantize_nodes,
+        "int8_by_op": summary.int8_by_op,
+        "float_by_op": summary.float_by_op,
+        "float_nodes": summary.float_compute,
+    }
     ctx.onnx = ctx.onnx_qdq = out
     return [out]
 

@@ -17,7 +17,7 @@ from rtq.errors import UserError
 from rtq.models.io import DetectorIO
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
-FIX_HINT = "set quant.calib.source=PATH to a folder of .jpg/.jpeg/.png/.bmp images or a glob"
+FIX_HINT = "set data.calib.source=PATH to a folder of .jpg/.jpeg/.png/.bmp images or a glob"
 
 
 def _is_glob(source: str) -> bool:

@@ -74,7 +74,8 @@ def _localize(args: argparse.Namespace) -> int:
         clusters = select_clusters(find_fusion_clusters(model), args.fault_match, layers)
         if not clusters:
             raise UserError(
-                f"no fusion cluster matches --fault-match {args.fault_match!r} --fault-layers {args.fault_layers}; "
+                f"no fusion cluster matches --fault-match {args.fault_match!r} "
+                f"--fault-layers {args.fault_layers}; "
                 "check the layer indices"
             )
         print(f"simulated faulty fusions: {', '.join(c.name for c in clusters)}")
@@ -86,8 +87,13 @@ def _localize(args: argparse.Namespace) -> int:
             print(f"skipped: {err}")
             return 0
     result = localize(
-        model, oracle, include=args.include, threshold=args.threshold,
-        verify_equivalents=not args.no_equivalents, out_dir=args.out,
+        model,
+        oracle,
+        include=args.include,
+        threshold=args.threshold,
+        verify_equivalents=not args.no_equivalents,
+        out_dir=args.out,
+        name=path.stem,
     )
     print((Path(args.out) / "report.md").read_text())
     return 0 if result.status != "not_fixed_by_marking" else 1
@@ -99,7 +105,9 @@ def _sensitivity(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     command = "python -m rtq.debug " + " ".join(shlex.quote(a) for a in argv)
     out = Path(args.out)
-    coco = None if args.no_ap else (Path(args.coco_root) if args.coco_root else _data_dir("coco_val2017_mini"))
+    coco = (
+        None if args.no_ap else (Path(args.coco_root) if args.coco_root else _data_dir("coco_val2017_mini"))
+    )
     images = _images(args.calib, args.calib_images)
     if args.model == "yolox_nano":
         from rtq.data.calib import calibration_batches
@@ -112,8 +120,12 @@ def _sensitivity(args: argparse.Namespace, argv: Sequence[str]) -> int:
         feeds = list(calibration_batches(images, YoloxIO(), batch_size=1))
         probe = sens.OnnxProbe(onnx_path, feeds, groups, coco, args.eval_images, args.method, out / "models")
         result = sens.onnx_sensitivity(probe)
-        measure = probe.measure
-        exclude_of = probe.float_nodes
+
+        def measure(float_groups: Sequence[str]) -> sens.Metrics:
+            return probe.measure(float_groups)
+
+        def exclude_of(float_groups: Sequence[str]) -> list[str]:
+            return probe.float_nodes(float_groups)
     elif args.model.startswith("rtdetrv2_"):
         import torch
 
@@ -129,7 +141,9 @@ def _sensitivity(args: argparse.Namespace, argv: Sequence[str]) -> int:
         result.model = args.model
 
         def measure(float_groups: Sequence[str]) -> sens.Metrics:
-            raise UserError("auto recipe for RT-DETR needs the pipeline's quantize stage; use the ranked table")
+            raise UserError(
+                "auto recipe for RT-DETR needs the pipeline's quantize stage; use the ranked table"
+            )
 
         def exclude_of(float_groups: Sequence[str]) -> list[str]:
             return [groups_glob[g] for g in float_groups]
@@ -141,7 +155,8 @@ def _sensitivity(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.auto_recipe:
         chosen = greedy_float_groups(result, measure, args.max_ap_drop, args.max_fidelity)
         recipe = recipe_dict(
-            args.auto_recipe, exclude_of(chosen.float_groups),
+            args.auto_recipe,
+            exclude_of(chosen.float_groups),
             f"auto recipe for {args.model}: float groups {chosen.float_groups} (target met: {chosen.met})",
         )
         path = write_recipe(recipe, out / f"{args.auto_recipe}.yaml", header=f"Produced by: {command}")
@@ -166,10 +181,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     loc = sub.add_parser("localize", help="find the extra outputs that stop a harmful fusion")
     loc.add_argument("--onnx", required=True, help="Q/DQ ONNX model")
-    loc.add_argument("--oracle", choices=["fault", "tensorrt"], default="fault",
-                     help="fault: CPU fault-injection simulator; tensorrt: real engine builds")
-    loc.add_argument("--fault-layers", default=None, help="simulator: decoder layers with a faulty fusion, e.g. 1,2")
-    loc.add_argument("--fault-match", default="sampling_offsets", help="simulator: regex on the cluster's nodes")
+    loc.add_argument(
+        "--oracle",
+        choices=["fault", "tensorrt"],
+        default="fault",
+        help="fault: CPU fault-injection simulator; tensorrt: real engine builds",
+    )
+    loc.add_argument(
+        "--fault-layers", default=None, help="simulator: decoder layers with a faulty fusion, e.g. 1,2"
+    )
+    loc.add_argument(
+        "--fault-match", default="sampling_offsets", help="simulator: regex on the cluster's nodes"
+    )
     loc.add_argument("--fault", choices=["wrong_scale", "fp16", "bf16"], default="wrong_scale")
     loc.add_argument("--wrong-scale-factor", type=float, default=0.05)
     loc.add_argument("--include", default=None, help="regex restricting candidate tensors")
@@ -181,7 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sen = sub.add_parser("sensitivity", help="per-group quantization sensitivity and auto recipe")
     sen.add_argument("--model", required=True, help="yolox_nano | rtdetrv2_r18vd | rtdetrv2_r50vd")
-    sen.add_argument("--onnx", default=None, help="FP32 ONNX for ONNX models (default models/yolox_nano.onnx)")
+    sen.add_argument(
+        "--onnx", default=None, help="FP32 ONNX for ONNX models (default models/yolox_nano.onnx)"
+    )
     sen.add_argument("--checkpoint", default=None, help="RT-DETR checkpoint (default: random weights)")
     sen.add_argument("--recipe", default="int8_default", help="RT-DETR base recipe")
     sen.add_argument("--calib", default=None, help="calibration image folder (default coco_calib)")

@@ -37,7 +37,9 @@ class AutoRecipeResult:
     steps: list[AutoRecipeStep] = field(default_factory=list)
 
 
-def target_met(metrics: Metrics, fp32: Metrics, max_ap_drop: float | None, max_fidelity: float | None) -> bool:
+def target_met(
+    metrics: Metrics, fp32: Metrics, max_ap_drop: float | None, max_fidelity: float | None
+) -> bool:
     """True when every given target holds (AP drop vs FP32 in points; fidelity error)."""
     if max_ap_drop is None and max_fidelity is None:
         raise UserError("auto recipe needs a target: pass --max-ap-drop POINTS and/or --max-fidelity ERROR")
@@ -80,7 +82,10 @@ def recipe_dict(
         "description": description,
         "base": base.get("base", "INT8_DEFAULT_CFG"),
         "quantizers": list(base.get("quantizers") or []),
-        "exclude": [*(base.get("exclude") or []), *[e for e in exclude if e not in (base.get("exclude") or [])]],
+        "exclude": [
+            *(base.get("exclude") or []),
+            *[e for e in exclude if e not in (base.get("exclude") or [])],
+        ],
     }
     if "calib" in base:
         recipe["calib"] = base["calib"]

@@ -100,6 +100,7 @@ def localize(
     threshold: float | None = None,
     verify_equivalents: bool = True,
     out_dir: str | Path | None = None,
+    name: str | None = None,
 ) -> LocalizationResult:
     """Search the candidates of `model` for a minimal set of extra outputs that brings the error down.
 
@@ -155,7 +156,7 @@ def localize(
         result.changed_layers = list(fusion_diff(frozenset(), frozenset(found)))
     result.seconds = time.perf_counter() - started
     if out_dir is not None:
-        write_report(result, proto, Path(out_dir), source_name=_stem(model))
+        write_report(result, proto, Path(out_dir), source_name=name or _stem(model))
     return result
 
 
@@ -253,13 +254,16 @@ def render_markdown(result: LocalizationResult, source_name: str) -> str:
         lines.append(f"- `{tensor}`")
         equivalent = result.equivalents.get(tensor, [])
         if equivalent:
-            lines.append("  - equivalent (each fixes the same fusion): " + ", ".join(f"`{t}`" for t in equivalent))
+            lines.append(
+                "  - equivalent (each fixes the same fusion): " + ", ".join(f"`{t}`" for t in equivalent)
+            )
     if result.changed_layers:
         lines += ["", "## Engine layers whose fusion changed", ""]
         lines += [f"- {layer}" for layer in result.changed_layers]
     lines += ["", "## Builds", "", "| # | step | marked | error | fixed |", "| --- | --- | --- | --- | --- |"]
     for i, record in enumerate(result.trace, 1):
         lines.append(
-            f"| {i} | {record.step} | {record.marked} | {record.error:.4g} | {'yes' if record.passed else 'no'} |"
+            f"| {i} | {record.step} | {record.marked} | {record.error:.4g} "
+            f"| {'yes' if record.passed else 'no'} |"
         )
     return "\n".join(lines) + "\n"

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import onnx
@@ -173,11 +173,15 @@ def _corrupt_tensor(model: onnx.ModelProto, tensor: str, fault: FaultKind, scale
         )
         new_nodes = [
             helper.make_node(
-                "QuantizeLinear", [tensor, f"{prefix}_scale", f"{prefix}_zero_point"], [f"{prefix}_q"],
+                "QuantizeLinear",
+                [tensor, f"{prefix}_scale", f"{prefix}_zero_point"],
+                [f"{prefix}_q"],
                 name=f"{prefix}_QuantizeLinear",
             ),
             helper.make_node(
-                "DequantizeLinear", [f"{prefix}_q", f"{prefix}_scale", f"{prefix}_zero_point"], [faulty],
+                "DequantizeLinear",
+                [f"{prefix}_q", f"{prefix}_scale", f"{prefix}_zero_point"],
+                [faulty],
                 name=f"{prefix}_DequantizeLinear",
             ),
         ]
@@ -185,7 +189,9 @@ def _corrupt_tensor(model: onnx.ModelProto, tensor: str, fault: FaultKind, scale
         low = TensorProto.FLOAT16 if fault == "fp16" else TensorProto.BFLOAT16
         new_nodes = [
             helper.make_node("Cast", [tensor], [f"{prefix}_low"], to=low, name=f"{prefix}_CastDown"),
-            helper.make_node("Cast", [f"{prefix}_low"], [faulty], to=TensorProto.FLOAT, name=f"{prefix}_CastUp"),
+            helper.make_node(
+                "Cast", [f"{prefix}_low"], [faulty], to=TensorProto.FLOAT, name=f"{prefix}_CastUp"
+            ),
         ]
     position = 0
     for i, node in enumerate(graph.node):
@@ -211,7 +217,7 @@ class TensorRTOracle:
         feeds: Mapping[str, np.ndarray],
         reference: Mapping[str, np.ndarray] | None = None,
         work_dir: str | Path | None = None,
-        precision: str = "int8",
+        build_config: Any = None,
     ) -> None:
         try:
             import tensorrt  # noqa: F401
@@ -223,29 +229,44 @@ class TensorRTOracle:
         self.reference = dict(reference) if reference is not None else run_model(self.model, self.feeds)
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="rtq_localize_"))
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.precision = precision
+        self.build_config = build_config if build_config is not None else _default_build_config()
         self.builds = 0
         self.engines: dict[frozenset[str], Path] = {}
 
     def evaluate(self, marked_tensors: frozenset[str]) -> float:
         """Mark, build the engine, run it on the feeds, return the error of the original outputs."""
-        from rtq.backends.tensorrt import build_engine, make_trt_runner
+        from rtq.backends.tensorrt.build import build_engine
+        from rtq.backends.tensorrt.runner import make_trt_runner
 
         self.builds += 1
         candidate = self.work_dir / f"candidate_{self.builds:03d}.onnx"
         onnx.save(mark_outputs(self.model, marked_tensors), str(candidate))
-        engine = build_engine(candidate, self.work_dir / f"candidate_{self.builds:03d}.plan")
+        engine = build_engine(
+            candidate, self.work_dir / f"candidate_{self.builds:03d}.plan", self.build_config
+        )
         self.engines[marked_tensors] = Path(engine)
-        runner = make_trt_runner(engine)
-        with runner:
+        with make_trt_runner(engine) as runner:
             got = runner.infer(self.feeds)
         return output_error(self.reference, {k: got[k] for k in self.reference})
 
     def fusion_diff(self, before: frozenset[str], after: frozenset[str]) -> list[str]:
-        """Engine layers that changed between two markings (via the engine inspector)."""
-        from rtq.backends.tensorrt import inspect as trt_inspect
+        """ONNX node groups that TensorRT fused differently once `after` is marked (engine inspector)."""
+        from rtq.backends.tensorrt.build import layers_json_path
+        from rtq.backends.tensorrt.inspect import diff_engines, load_layers
 
         if before not in self.engines or after not in self.engines:
             return []
-        diff = trt_inspect.diff_engines(self.engines[before], self.engines[after])
-        return [str(line) for line in diff]
+        layers = [load_layers(layers_json_path(self.engines[key])) for key in (before, after)]
+        diff = diff_engines(layers[0], layers[1], "unmarked", "marked")
+        return [
+            f"{', '.join(c.onnx_nodes[:4])}{' ...' if len(c.onnx_nodes) > 4 else ''}: "
+            f"{len(c.layers_a)} layer(s) -> {len(c.layers_b)} layer(s)"
+            for c in diff.fusion_changes
+        ]
+
+
+def _default_build_config() -> Any:
+    """INT8 build settings of the backend's defaults (Q/DQ graphs carry their own scales)."""
+    from rtq.backends.tensorrt.build import EngineBuildConfig
+
+    return EngineBuildConfig()

@@ -72,7 +72,9 @@ def recovery(result: SensitivityResult, group: GroupSensitivity) -> float:
     return result.int8.fidelity - group.only_float.fidelity
 
 
-def relative_l2(reference: Sequence[dict[str, np.ndarray]], candidate: Sequence[dict[str, np.ndarray]]) -> float:
+def relative_l2(
+    reference: Sequence[dict[str, np.ndarray]], candidate: Sequence[dict[str, np.ndarray]]
+) -> float:
     """||q - f|| / ||f|| over every float output of every image: one number, scale-free."""
     num = 0.0
     den = 0.0
@@ -97,7 +99,9 @@ def _conv_resolution(index: GraphIndex, model: onnx.ModelProto) -> dict[str, int
         dims = info.type.tensor_type.shape.dim
         if len(dims) == 4 and dims[2].HasField("dim_value"):
             heights[info.name] = dims[2].dim_value
-    return {n.name: heights[n.output[0]] for n in index.nodes if n.op_type == "Conv" and n.output[0] in heights}
+    return {
+        n.name: heights[n.output[0]] for n in index.nodes if n.op_type == "Conv" and n.output[0] in heights
+    }
 
 
 def _ancestors(index: GraphIndex, tensor: str) -> set[str]:
@@ -185,7 +189,9 @@ def _run_onnx(path: Path, feeds: Feeds) -> list[dict[str, np.ndarray]]:
         return [{k: np.array(v) for k, v in runner.infer(feed).items()} for feed in feeds]
 
 
-def _coco_ap_onnx(path: Path, coco_root: Path | None, max_images: int | None) -> tuple[float | None, float | None]:
+def _coco_ap_onnx(
+    path: Path, coco_root: Path | None, max_images: int | None
+) -> tuple[float | None, float | None]:
     if coco_root is None:
         return None, None
     from rtq.backends.onnxruntime import make_onnxrt_runner
@@ -237,14 +243,18 @@ class OnnxProbe:
         if tag is None:
             tag = "float_" + "+".join(float_groups) if float_groups else "int8_all"
         out = self.work / f"{tag}.onnx"
-        quantize_onnx_excluding(self.onnx_path, out, self.calib_feeds, self.method, self.float_nodes(float_groups))
+        quantize_onnx_excluding(
+            self.onnx_path, out, self.calib_feeds, self.method, self.float_nodes(float_groups)
+        )
         fidelity = relative_l2(self.reference, _run_onnx(out, self.calib_feeds))
         ap, ap50 = _coco_ap_onnx(out, self.coco_root, self.eval_images)
         self.log(f"  {tag:<28} fidelity {fidelity:.4f}  AP {ap}")
         return Metrics(fidelity, ap, ap50)
 
 
-def quantize_onnx_excluding(src: Path, out: Path, calib_feeds: Feeds, method: str, exclude: list[str]) -> Path:
+def quantize_onnx_excluding(
+    src: Path, out: Path, calib_feeds: Feeds, method: str, exclude: list[str]
+) -> Path:
     """`quantize_onnx` with node exclusions (separate so tests can see what is excluded)."""
     from rtq.quant.onnx_ptq import quantize_onnx
 
@@ -268,7 +278,11 @@ def onnx_sensitivity(probe: OnnxProbe) -> SensitivityResult:
             )
         )
     return SensitivityResult(
-        model=probe.onnx_path.stem, fp32=fp32, int8=int8, groups=rows, seconds=time.perf_counter() - started,
+        model=probe.onnx_path.stem,
+        fp32=fp32,
+        int8=int8,
+        groups=rows,
+        seconds=time.perf_counter() - started,
         settings={
             "calibration_images": sum(len(next(iter(f.values()))) for f in probe.calib_feeds),
             "method": probe.method,
@@ -305,7 +319,9 @@ def rtdetr_module_groups(model: Any) -> dict[str, str]:
                 groups[f"decoder.{part}"] = f"decoder.{part}"
         elif top == "backbone" and any(n.startswith("backbone.res_layers.") for n in names):
             add_children("backbone.res_layers", "backbone.stage")
-            for part in sorted({n.split(".")[1] for n in names if n.startswith("backbone.")} - {"res_layers"}):
+            for part in sorted(
+                {n.split(".")[1] for n in names if n.startswith("backbone.")} - {"res_layers"}
+            ):
                 groups[f"backbone.{part}"] = f"backbone.{part}"
         elif top == "encoder":
             add_children("encoder", "encoder")
@@ -322,11 +338,10 @@ def torch_sensitivity(
     log: Callable[[str], None] = print,
 ) -> SensitivityResult:
     """Fidelity sensitivity of a PyTorch model with modelopt fake-quant, groups as recipe exclusions."""
+    import modelopt.torch.quantization as mtq
     import torch
 
     from rtq.quant.recipes import load_recipe, to_quant_cfg
-
-    import modelopt.torch.quantization as mtq
 
     started = time.perf_counter()
     base = load_recipe(recipe)
@@ -337,7 +352,11 @@ def torch_sensitivity(
             results = []
             for feed in tensors:
                 out = model(**feed)
-                out = out if isinstance(out, dict) else dict(zip(("labels", "boxes", "scores"), out, strict=False))
+                out = (
+                    out
+                    if isinstance(out, dict)
+                    else dict(zip(("labels", "boxes", "scores"), out, strict=False))
+                )
                 results.append({k: v.float().numpy() for k, v in out.items()})
             return results
 
@@ -355,10 +374,21 @@ def torch_sensitivity(
     rows = []
     for name, glob in groups.items():
         others = [g for other, g in groups.items() if other != name]
-        rows.append(GroupSensitivity(name, 1, measure(f"only_{name}_int8", others), measure(f"only_{name}_float", [glob])))
+        rows.append(
+            GroupSensitivity(
+                name, 1, measure(f"only_{name}_int8", others), measure(f"only_{name}_float", [glob])
+            )
+        )
     return SensitivityResult(
-        model="pytorch", fp32=Metrics(0.0), int8=int8, groups=rows, seconds=time.perf_counter() - started,
-        settings={"recipe": recipe, "calibration_images": sum(len(next(iter(f.values()))) for f in calib_feeds)},
+        model="pytorch",
+        fp32=Metrics(0.0),
+        int8=int8,
+        groups=rows,
+        seconds=time.perf_counter() - started,
+        settings={
+            "recipe": recipe,
+            "calibration_images": sum(len(next(iter(f.values()))) for f in calib_feeds),
+        },
     )
 
 
@@ -397,7 +427,8 @@ def render_markdown(result: SensitivityResult) -> str:
     ranked = result.ranked()
     for rank, g in enumerate(ranked, 1):
         row = (
-            f"| {rank} | {g.group} | {g.size} | {g.only_quantized.fidelity:.4f} | {g.only_float.fidelity:.4f} |"
+            f"| {rank} | {g.group} | {g.size} "
+            f"| {g.only_quantized.fidelity:.4f} | {g.only_float.fidelity:.4f} |"
         )
         if has_ap:
             row += f" {g.only_quantized.ap:.2f} | {g.only_float.ap:.2f} | {recovery(result, g):+.2f} |"
@@ -411,7 +442,9 @@ def render_markdown(result: SensitivityResult) -> str:
     return "\n".join(lines)
 
 
-def write_reports(result: SensitivityResult, out_dir: str | Path, stem: str = "sensitivity") -> tuple[Path, Path]:
+def write_reports(
+    result: SensitivityResult, out_dir: str | Path, stem: str = "sensitivity"
+) -> tuple[Path, Path]:
     """`<stem>.json` and `<stem>.md` in `out_dir`, each written under a temporary name first."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

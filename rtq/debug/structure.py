@@ -168,7 +168,9 @@ def find_candidates(model: onnx.ModelProto, include: str | None = None) -> list[
             bias = index.bias_add_after(node.output[0])
             if bias is not None:
                 add(bias.output[0], bias, "bias_add")
-        elif node.op_type == "Concat" and index.is_float(node.output[0]) and node.output[0] in index.elem_type:
+        elif (
+            node.op_type == "Concat" and index.is_float(node.output[0]) and node.output[0] in index.elem_type
+        ):
             add(node.output[0], node, "concat")
     return found
 

@@ -27,6 +27,12 @@ class RTDETR(nn.Module):
         self.encoder = encoder
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        expected = getattr(self.decoder, "eval_spatial_size", None)
+        if expected is not None and not torch.jit.is_tracing() and tuple(images.shape[2:]) != tuple(expected):
+            raise ValueError(
+                f"images are {tuple(images.shape[2:])} but this model's anchors are built for {tuple(expected)}; "
+                "resize images to that size"
+            )
         return self.decoder(self.encoder(self.backbone(images)))
 
     def deploy(self) -> RTDETR:

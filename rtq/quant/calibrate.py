@@ -97,7 +97,7 @@ def quantize_model(
     batches = [_to_tensors(feed, device) for feed in calib_batches]
     if not batches:
         raise UserError(
-            f"recipe {recipe.name!r}: the calibration set is empty; point quant.calib.source at a folder "
+            f"recipe {recipe.name!r}: the calibration set is empty; point data.calib.source at a folder "
             "of images"
         )
     check_module_globs(recipe, model)
@@ -123,7 +123,7 @@ def calibration_feeds(
     folder = source if source is not None else recipe.calib.source
     if folder is None:
         raise UserError(
-            f"recipe {recipe.name!r} has no calibration images; set quant.calib.source=PATH to a folder of "
+            f"recipe {recipe.name!r} has no calibration images; set data.calib.source=PATH to a folder of "
             "images"
         )
     images = CalibrationImages(folder, max_images=recipe.calib.max_images)

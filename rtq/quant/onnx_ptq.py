@@ -78,7 +78,7 @@ def _calibration_array(
     if array.ndim != 4 or array.shape[0] == 0:
         raise UserError(
             f"calibration data has shape {array.shape}; expected preprocessed images [K,C,H,W] with K >= 1: "
-            "point quant.calib.source at a folder of images"
+            "point data.calib.source at a folder of images"
         )
     return array.astype(np.float32, copy=False)
 

@@ -77,7 +77,7 @@ def test_bad_sources_name_the_source_and_the_fix(tmp_path: Path, make_source: An
         CalibrationImages(source)
     assert expected in str(err.value)
     assert str(source) in str(err.value)
-    assert "quant.calib.source=PATH" in str(err.value)
+    assert "data.calib.source=PATH" in str(err.value)
 
 
 def test_max_images_must_be_positive() -> None:

@@ -66,8 +66,13 @@ def toy_qdq(tmp_path_factory: pytest.TempPathFactory) -> tuple[onnx.ModelProto, 
     path = tmp_path_factory.mktemp("toy") / "toy_qdq.onnx"
     with torch.no_grad():
         torch.onnx.export(
-            model, (calib[0],), str(path), dynamo=False, opset_version=17,
-            input_names=["images"], output_names=["logits"],
+            model,
+            (calib[0],),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["images"],
+            output_names=["logits"],
         )
     feeds = {"images": np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)}
     return onnx.load(str(path)), feeds
@@ -143,3 +148,52 @@ def test_reduced_precision_fault_is_milder(toy_qdq: tuple[onnx.ModelProto, dict[
     saturating = FaultInjectionOracle(model, feeds, clusters).evaluate(frozenset())
     half = FaultInjectionOracle(model, feeds, clusters, fault="fp16").evaluate(frozenset())
     assert 0.0 < half < saturating
+
+
+# ---------------------------------------------------------------- real RT-DETRv2 Q/DQ graphs
+
+
+def _rtdetr_qdq(name: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random-weight RT-DETRv2 quantized with int8_default on 2 images and exported (cached per session)."""
+    pytest.importorskip("rtq.models.registry", reason="rtq.models not available")
+    from rtq.data.calib import CalibrationImages
+    from rtq.debug.__main__ import _data_dir, generic_feeds_rtdetr
+    from rtq.export.onnx_export import export_onnx
+    from rtq.models.registry import build_deploy_model
+    from rtq.quant.calibrate import quantize_model
+    from rtq.quant.recipes import load_recipe
+
+    calib = _data_dir("coco_calib")
+    if calib is None:
+        pytest.skip("coco_calib images not found (bundled data/ or ../shared)")
+    path = tmp_path_factory.getbasetemp() / f"{name}_qdq.onnx"
+    if not path.is_file():
+        torch.manual_seed(0)
+        model = build_deploy_model(name)
+        feeds = [generic_feeds_rtdetr(image) for image in CalibrationImages(calib, max_images=2)]
+        model = quantize_model(model, load_recipe("int8_default"), feeds, progress=False)
+        export_onnx(model, path)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "layers"), [("rtdetrv2_r18vd", [1]), ("rtdetrv2_r50vd", [4]), ("rtdetrv2_r50vd", [0, 5])]
+)
+def test_localizes_fault_in_rtdetr(
+    name: str, layers: list[int], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from rtq.debug.__main__ import _images, generic_feeds
+
+    path = _rtdetr_qdq(name, tmp_path_factory)
+    model = onnx.load(str(path))
+    clusters = _offset_clusters(model, layers)
+    assert [c.layer_index for c in clusters] == layers
+    oracle = FaultInjectionOracle(model, generic_feeds(model, _images(None, 1)), clusters)
+    result = localize(model, oracle, verify_equivalents=False)
+    assert result.status == "localized"
+    found_layers = sorted(int(t.split("layers.")[1].split("/")[0]) for t in result.minimal_set)
+    assert found_layers == layers
+    assert all("/cross_attn/" in t for t in result.minimal_set)
+    assert result.builds <= 2 + len(layers) * (math.ceil(math.log2(result.num_candidates)) + 2)
+    assert result.builds * 5 < result.num_candidates

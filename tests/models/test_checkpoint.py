@@ -45,7 +45,7 @@ def test_other_variant_checkpoint_is_named_in_one_line(tmp_path: Path) -> None:
     message = str(err.value)
     assert "\n" not in message and len(message) < 1200
     assert "looks like rtdetrv2_r34vd" in message
-    assert "unexpected keys: decoder.decoder.layers.3." in message
+    assert "unexpected keys: backbone.res_layers.0.blocks.2." in message
 
 
 def test_trimmed_checkpoint_names_the_missing_keys(r18_state: dict, tmp_path: Path) -> None:
