@@ -329,7 +329,11 @@ def stage_compare(ctx: RunContext) -> list[Path]:
     reference = _onnx_runner(ctx, ctx.onnx_qdq, "reference", "reference")
     target, backend = _target_runner(ctx, "reference")
     settings = CompareSettings(score_threshold=float(settings_cfg.detection_score_threshold))
-    report = compare_runners(reference, target, feeds, out_dir, settings)
+    from polygraphy.logger import G_LOGGER
+
+    with G_LOGGER.verbosity(G_LOGGER.WARNING):  # the numbers go to report.md, not the console
+        report = compare_runners(reference, target, feeds, out_dir, settings)
+    log.info("comparison report: %s", out_dir / "report.md")
     ctx.row["compare"] = {
         "target_backend": backend,
         "report": str(out_dir / "report.md"),
@@ -415,12 +419,25 @@ def _write_stage_log(ctx: RunContext) -> None:
     os.replace(tmp, path)
 
 
+def check_inputs(cfg: DictConfig) -> None:
+    """Fail on a bad dataset or calibration path before any expensive stage runs."""
+    from rtq.data.calib import find_calibration_images
+    from rtq.data.coco import CocoDataset
+
+    if "evaluate" in cfg.stages or "compare" in cfg.stages:
+        CocoDataset(str(cfg.data.root), max_images=cfg.data.get("max_images"))
+    if "quantize" in cfg.stages and _quant_enabled(cfg):
+        own = cfg.quant.get("calib", {}).get("source")
+        find_calibration_images(str(own or cfg.data.calib.source))
+
+
 def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Run the stages `cfg.stages` lists, in order, logging each to `stages.json`."""
     stages = list(cfg.stages)
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise UserError(f"unknown stage {unknown[0]!r} in `stages`; known stages: {', '.join(STAGES)}")
+    check_inputs(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     detector = load_detector(cfg)
     if detector.random_weights:

@@ -112,8 +112,25 @@ def compare_runners(reference: Any, target: Any, feeds: Iterable[Mapping[str, np
                                                   settings.iou_threshold, settings.top_k)
     if tensor_order is not None:
         report["layerwise"] = _layerwise(ref_its, tgt_its, [n for n in tensor_order if n in common], settings)
+    report["summary"] = _summary(report)
     write_report(report, out)
     return report
+
+
+def _summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The few numbers a results table shows for one comparison."""
+    outputs = report["outputs"].values()
+    summary: dict[str, Any] = {
+        "all_outputs_passed": all(o.get("polygraphy_passed", False) for o in outputs),
+        "max_abs_error": max((float(o.get("max_abs", float("inf"))) for o in outputs), default=0.0),
+    }
+    if "detections" in report:
+        summary["detections_matched_fraction"] = report["detections"]["matched_fraction"]
+        summary["score_abs_error_max"] = report["detections"]["score_abs_error_max"]
+    if "layerwise" in report:
+        first = report["layerwise"]["first_exceeding"]
+        summary["first_diverging_tensor"] = first[0]["tensor"] if first else None
+    return summary
 
 
 def _layerwise(ref_its: Sequence[Mapping[str, np.ndarray]], tgt_its: Sequence[Mapping[str, np.ndarray]],

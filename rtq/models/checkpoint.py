@@ -52,7 +52,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file for the user
-        raise UserError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); {RELEASES_HINT}") from None
+        raise UserError(
+            f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); {RELEASES_HINT}"
+        ) from None
     state = extract_state_dict(obj, path)
     return {k: v.float() if v.dtype == torch.float16 else v for k, v in state.items()}
 
@@ -94,8 +96,10 @@ def describe_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str |
     """A short description of why `state` cannot load strictly into `model`, or None if it can."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     frozen_extra = {  # FrozenBatchNorm2d drops these on load
-        k for k in state
-        if k.endswith("num_batches_tracked") and k not in expected
+        k
+        for k in state
+        if k.endswith("num_batches_tracked")
+        and k not in expected
         and k.rsplit(".", 1)[0] + ".running_var" in expected
     }
     missing = [k for k in expected if k not in state]

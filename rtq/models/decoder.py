@@ -30,12 +30,22 @@ def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 class MLP(nn.Module):
     """Plain stack of Linear layers with an activation between them (not after the last)."""
 
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int, act: str = "relu") -> None:
+    def __init__(
+        self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int, act: str = "relu"
+    ) -> None:
         super().__init__()
         self.num_layers = num_layers
         dims = [hidden_dim] * (num_layers - 1)
-        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip([input_dim, *dims], [*dims, output_dim]))
+        self.layers = nn.ModuleList(
+            nn.Linear(n, k) for n, k in zip([input_dim, *dims], [*dims, output_dim], strict=True)
+        )
         self.act = make_activation(act)
+
+    def linear(self, index: int) -> nn.Linear:
+        """The `index`-th Linear layer, typed (for initialisation code)."""
+        layer = self.layers[index]
+        assert isinstance(layer, nn.Linear)
+        return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, layer in enumerate(self.layers):
@@ -77,7 +87,9 @@ def sample_values(
         value_l = value_levels[level].permute(0, 2, 1).reshape(-1, head_dim, h, w)
         grid_l = grids_per_level[level]
         if method == "default":
-            sampled_l = F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False)
+            sampled_l = F.grid_sample(
+                value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False
+            )
         else:
             points = num_points_list[level]
             # Truncate loc * size + 0.5 (official rule); the official code clamps x and y with
@@ -101,9 +113,16 @@ class MSDeformableAttention(nn.Module):
     graph passes can find them by name in the exported ONNX.
     """
 
+    num_points_scale: torch.Tensor
+
     def __init__(
-        self, embed_dim: int = 256, num_heads: int = 8, num_levels: int = 3, num_points: int | list[int] = 4,
-        method: str = "default", offset_scale: float = 0.5,
+        self,
+        embed_dim: int = 256,
+        num_heads: int = 8,
+        num_levels: int = 3,
+        num_points: int | list[int] = 4,
+        method: str = "default",
+        offset_scale: float = 0.5,
     ) -> None:
         super().__init__()
         if method not in CROSS_ATTN_METHODS:
@@ -152,7 +171,10 @@ class MSDeformableAttention(nn.Module):
         init.constant_(self.output_proj.bias, 0)
 
     def forward(
-        self, query: torch.Tensor, reference_points: torch.Tensor, value: torch.Tensor,
+        self,
+        query: torch.Tensor,
+        reference_points: torch.Tensor,
+        value: torch.Tensor,
         spatial_shapes: list[tuple[int, int]],
     ) -> torch.Tensor:
         """query [B, Q, C]; reference_points [B, Q, 1, 4] (cx, cy, w, h in 0..1); value [B, L, C]."""
@@ -175,8 +197,14 @@ class TransformerDecoderLayer(nn.Module):
     """Self-attention, deformable cross-attention and FFN, each post-norm with a residual."""
 
     def __init__(
-        self, d_model: int = 256, n_head: int = 8, dim_feedforward: int = 1024, dropout: float = 0.0,
-        activation: str = "relu", n_levels: int = 3, n_points: int | list[int] = 4,
+        self,
+        d_model: int = 256,
+        n_head: int = 8,
+        dim_feedforward: int = 1024,
+        dropout: float = 0.0,
+        activation: str = "relu",
+        n_levels: int = 3,
+        n_points: int | list[int] = 4,
         cross_attn_method: str = "default",
     ) -> None:
         super().__init__()
@@ -196,8 +224,12 @@ class TransformerDecoderLayer(nn.Module):
         init.xavier_uniform_(self.linear2.weight)
 
     def forward(
-        self, target: torch.Tensor, reference_points: torch.Tensor, memory: torch.Tensor,
-        spatial_shapes: list[tuple[int, int]], query_pos_embed: torch.Tensor,
+        self,
+        target: torch.Tensor,
+        reference_points: torch.Tensor,
+        memory: torch.Tensor,
+        spatial_shapes: list[tuple[int, int]],
+        query_pos_embed: torch.Tensor,
     ) -> torch.Tensor:
         q = k = target + query_pos_embed
         attended, _ = self.self_attn(q, k, value=target, need_weights=False)
@@ -211,7 +243,9 @@ class TransformerDecoderLayer(nn.Module):
 class TransformerDecoder(nn.Module):
     """Runs the layers up to `eval_idx`, refining boxes layer by layer (references detached)."""
 
-    def __init__(self, hidden_dim: int, decoder_layer: TransformerDecoderLayer, num_layers: int, eval_idx: int = -1):
+    def __init__(
+        self, hidden_dim: int, decoder_layer: TransformerDecoderLayer, num_layers: int, eval_idx: int = -1
+    ):
         super().__init__()
         self.layers = nn.ModuleList(copy.deepcopy(decoder_layer) for _ in range(num_layers))
         self.hidden_dim = hidden_dim
@@ -219,8 +253,13 @@ class TransformerDecoder(nn.Module):
         self.eval_idx = eval_idx if eval_idx >= 0 else num_layers + eval_idx
 
     def forward(
-        self, target: torch.Tensor, ref_points_unact: torch.Tensor, memory: torch.Tensor,
-        spatial_shapes: list[tuple[int, int]], bbox_head: nn.ModuleList, score_head: nn.ModuleList,
+        self,
+        target: torch.Tensor,
+        ref_points_unact: torch.Tensor,
+        memory: torch.Tensor,
+        spatial_shapes: list[tuple[int, int]],
+        bbox_head: nn.ModuleList,
+        score_head: nn.ModuleList,
         query_pos_head: nn.Module,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (boxes [B, Q, 4] sigmoid cx,cy,w,h, logits [B, Q, num_classes]) of layer `eval_idx`."""
@@ -257,6 +296,9 @@ def generate_anchors(
 class RTDETRTransformerv2(nn.Module):
     """Query selection from encoder memory, then the deformable decoder; eval/inference only."""
 
+    anchors: torch.Tensor
+    valid_mask: torch.Tensor
+
     def __init__(
         self,
         num_classes: int = 80,
@@ -279,7 +321,9 @@ class RTDETRTransformerv2(nn.Module):
     ) -> None:
         super().__init__()
         if len(feat_channels) != num_levels or len(feat_strides) != num_levels:
-            raise ValueError("feat_channels and feat_strides need one entry per level (extra levels unsupported)")
+            raise ValueError(
+                "feat_channels and feat_strides need one entry per level (extra levels unsupported)"
+            )
         self.hidden_dim = hidden_dim
         self.nhead = nhead
         self.feat_strides = list(feat_strides)
@@ -332,17 +376,24 @@ class RTDETRTransformerv2(nn.Module):
     def _reset_parameters(self) -> None:
         prior_bias = -math.log((1 - 0.01) / 0.01)  # focal-loss prior of 1% foreground
         init.constant_(self.enc_score_head.bias, prior_bias)
-        init.constant_(self.enc_bbox_head.layers[-1].weight, 0)
-        init.constant_(self.enc_bbox_head.layers[-1].bias, 0)
-        for cls_head, box_head in zip(self.dec_score_head, self.dec_bbox_head):
+        last_box_layers = [self.enc_bbox_head.linear(-1)]
+        for cls_head, box_head in zip(self.dec_score_head, self.dec_bbox_head, strict=True):
+            assert isinstance(cls_head, nn.Linear) and isinstance(box_head, MLP)
             init.constant_(cls_head.bias, prior_bias)
-            init.constant_(box_head.layers[-1].weight, 0)
-            init.constant_(box_head.layers[-1].bias, 0)
-        init.xavier_uniform_(self.enc_output.proj.weight)
-        init.xavier_uniform_(self.query_pos_head.layers[0].weight)
-        init.xavier_uniform_(self.query_pos_head.layers[1].weight)
+            last_box_layers.append(box_head.linear(-1))
+        for layer in last_box_layers:
+            init.constant_(layer.weight, 0)
+            init.constant_(layer.bias, 0)
+        enc_proj = self.enc_output[0]
+        assert isinstance(enc_proj, nn.Linear)
+        init.xavier_uniform_(enc_proj.weight)
+        init.xavier_uniform_(self.query_pos_head.linear(0).weight)
+        init.xavier_uniform_(self.query_pos_head.linear(1).weight)
         for proj in self.input_proj:
-            init.xavier_uniform_(proj.conv.weight)
+            assert isinstance(proj, nn.Sequential)
+            conv = proj[0]
+            assert isinstance(conv, nn.Conv2d)
+            init.xavier_uniform_(conv.weight)
         if hasattr(self, "denoising_class_embed"):
             with torch.no_grad():
                 self.denoising_class_embed.weight[-1].zero_()
@@ -355,7 +406,7 @@ class RTDETRTransformerv2(nn.Module):
         """
         shapes = self._eval_spatial_shapes()
         flat = []
-        for proj, feat, (h, w) in zip(self.input_proj, feats, shapes):
+        for proj, feat, (h, w) in zip(self.input_proj, feats, shapes, strict=True):
             x = proj(feat)
             if not torch.jit.is_tracing() and tuple(x.shape[2:]) != (h, w):
                 raise ValueError(
@@ -375,7 +426,9 @@ class RTDETRTransformerv2(nn.Module):
         coords_unact = self.enc_bbox_head(output_memory) + self.anchors
         topk_index = torch.topk(scores.max(-1).values, self.num_queries, dim=-1).indices
         topk_coords = coords_unact.gather(1, topk_index.unsqueeze(-1).expand(-1, -1, coords_unact.shape[-1]))
-        topk_memory = output_memory.gather(1, topk_index.unsqueeze(-1).expand(-1, -1, output_memory.shape[-1]))
+        topk_memory = output_memory.gather(
+            1, topk_index.unsqueeze(-1).expand(-1, -1, output_memory.shape[-1])
+        )
         return topk_memory.detach(), topk_coords.detach(), topk_index
 
     def forward(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -383,6 +436,12 @@ class RTDETRTransformerv2(nn.Module):
         content, ref_unact, topk_index = self.select_queries(memory)
         self.last_enc_topk_index = topk_index
         boxes, logits = self.decoder(
-            content, ref_unact, memory, spatial_shapes, self.dec_bbox_head, self.dec_score_head, self.query_pos_head
+            content,
+            ref_unact,
+            memory,
+            spatial_shapes,
+            self.dec_bbox_head,
+            self.dec_score_head,
+            self.query_pos_head,
         )
         return {"pred_logits": logits, "pred_boxes": boxes}

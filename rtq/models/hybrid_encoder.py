@@ -20,8 +20,14 @@ class ConvNormLayer(nn.Module):
     """Conv + BatchNorm + optional activation (encoder flavour: explicit padding and bias options)."""
 
     def __init__(
-        self, ch_in: int, ch_out: int, kernel_size: int, stride: int, padding: int | None = None,
-        bias: bool = False, act: str | None = None,
+        self,
+        ch_in: int,
+        ch_out: int,
+        kernel_size: int,
+        stride: int,
+        padding: int | None = None,
+        bias: bool = False,
+        act: str | None = None,
     ) -> None:
         super().__init__()
         pad = (kernel_size - 1) // 2 if padding is None else padding
@@ -79,7 +85,11 @@ class CSPRepLayer(nn.Module):
     """CSP block: two 1x1 branches, RepVGG blocks on one, sum, then an optional 1x1 (`conv3`)."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, num_blocks: int = 3, expansion: float = 1.0,
+        self,
+        in_channels: int,
+        out_channels: int,
+        num_blocks: int = 3,
+        expansion: float = 1.0,
         act: str = "silu",
     ) -> None:
         super().__init__()
@@ -99,7 +109,11 @@ class TransformerEncoderLayer(nn.Module):
     """Post-norm transformer layer; the position embedding is added to queries and keys only."""
 
     def __init__(
-        self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
+        self,
+        d_model: int,
+        nhead: int,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
         activation: str = "relu",
     ) -> None:
         super().__init__()
@@ -189,7 +203,10 @@ class HybridEncoder(nn.Module):
         self.input_proj = nn.ModuleList(
             nn.Sequential(
                 OrderedDict(
-                    [("conv", nn.Conv2d(c, hidden_dim, kernel_size=1, bias=False)), ("norm", nn.BatchNorm2d(hidden_dim))]
+                    [
+                        ("conv", nn.Conv2d(c, hidden_dim, kernel_size=1, bias=False)),
+                        ("norm", nn.BatchNorm2d(hidden_dim)),
+                    ]
                 )
             )
             for c in in_channels
@@ -229,7 +246,9 @@ class HybridEncoder(nn.Module):
             h, w = proj[enc_ind].shape[2:]
             src = proj[enc_ind].flatten(2).permute(0, 2, 1)
             if self.training or self.eval_spatial_size is None:
-                pos = build_2d_sincos_position_embedding(w, h, self.hidden_dim, self.pe_temperature).to(src.device)
+                pos = build_2d_sincos_position_embedding(w, h, self.hidden_dim, self.pe_temperature).to(
+                    src.device
+                )
             else:
                 pos = getattr(self, f"pos_embed{enc_ind}")
             memory = self.encoder[i](src, pos_embed=pos)
@@ -241,7 +260,9 @@ class HybridEncoder(nn.Module):
             feat_high = self.lateral_convs[n - 1 - idx](inner_outs[0])
             inner_outs[0] = feat_high
             upsampled = F.interpolate(feat_high, scale_factor=2.0, mode="nearest")
-            inner_outs.insert(0, self.fpn_blocks[n - 1 - idx](torch.concat([upsampled, proj[idx - 1]], dim=1)))
+            inner_outs.insert(
+                0, self.fpn_blocks[n - 1 - idx](torch.concat([upsampled, proj[idx - 1]], dim=1))
+            )
 
         outs = [inner_outs[0]]
         for idx in range(n - 1):

@@ -70,4 +70,7 @@ class RTDETRPostProcessor(nn.Module):
         if self.remap_mscoco_category:
             table = torch.tensor(COCO_CATEGORY_IDS, dtype=torch.int64, device=labels.device)
             labels = table[labels]
-        return [{"labels": lab, "boxes": box, "scores": sco} for lab, box, sco in zip(labels, boxes, scores)]
+        return [
+            {"labels": lab, "boxes": box, "scores": sco}
+            for lab, box, sco in zip(labels, boxes, scores, strict=True)
+        ]

@@ -49,6 +49,11 @@ class FrozenBatchNorm2d(nn.Module):
     `num_batches_tracked`; a checkpoint that still has that key is accepted and the key dropped.
     """
 
+    weight: torch.Tensor
+    bias: torch.Tensor
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+
     def __init__(self, num_features: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.num_features = num_features
@@ -96,7 +101,9 @@ def freeze_batch_norm(module: nn.Module) -> nn.Module:
 class ConvNormLayer(nn.Module):
     """Conv (no bias) + BatchNorm + optional activation; padding keeps the size at stride 1."""
 
-    def __init__(self, ch_in: int, ch_out: int, kernel_size: int, stride: int, act: str | None = None) -> None:
+    def __init__(
+        self, ch_in: int, ch_out: int, kernel_size: int, stride: int, act: str | None = None
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(ch_in, ch_out, kernel_size, stride, padding=(kernel_size - 1) // 2, bias=False)
         self.norm: nn.Module = nn.BatchNorm2d(ch_out)
@@ -111,7 +118,10 @@ def _projection_shortcut(ch_in: int, ch_out: int, stride: int) -> nn.Module:
     if stride == 2:
         return nn.Sequential(
             OrderedDict(
-                [("pool", nn.AvgPool2d(2, 2, 0, ceil_mode=True)), ("conv", ConvNormLayer(ch_in, ch_out, 1, 1))]
+                [
+                    ("pool", nn.AvgPool2d(2, 2, 0, ceil_mode=True)),
+                    ("conv", ConvNormLayer(ch_in, ch_out, 1, 1)),
+                ]
             )
         )
     return ConvNormLayer(ch_in, ch_out, 1, stride)
@@ -163,7 +173,12 @@ class Blocks(nn.Module):
     """One ResNet stage: the first block projects (and downsamples except in stage 2)."""
 
     def __init__(
-        self, block: type[BasicBlock] | type[BottleNeck], ch_in: int, ch_out: int, count: int, stage_num: int,
+        self,
+        block: type[BasicBlock] | type[BottleNeck],
+        ch_in: int,
+        ch_out: int,
+        count: int,
+        stage_num: int,
         act: str = "relu",
     ) -> None:
         super().__init__()
@@ -195,7 +210,11 @@ class PResNet(nn.Module):
         if depth not in STAGE_BLOCKS:
             raise ValueError(f"unsupported PResNet depth {depth}; expected one of {sorted(STAGE_BLOCKS)}")
         ch_in = 64
-        stem = [(3, ch_in // 2, 2, "conv1_1"), (ch_in // 2, ch_in // 2, 1, "conv1_2"), (ch_in // 2, ch_in, 1, "conv1_3")]
+        stem = [
+            (3, ch_in // 2, 2, "conv1_1"),
+            (ch_in // 2, ch_in // 2, 1, "conv1_2"),
+            (ch_in // 2, ch_in, 1, "conv1_3"),
+        ]
         self.conv1 = nn.Sequential(
             OrderedDict([(name, ConvNormLayer(cin, cout, 3, s, act=act)) for cin, cout, s, name in stem])
         )

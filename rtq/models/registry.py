@@ -10,8 +10,6 @@ import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from torch import nn
-
 from rtq.errors import UserError
 from rtq.models.decoder import RTDETRTransformerv2
 from rtq.models.hybrid_encoder import HybridEncoder
@@ -92,7 +90,7 @@ def construct(variant: RTDETRVariant) -> RTDETR:
     return RTDETR(backbone, encoder, decoder)
 
 
-def build_model(name: str, checkpoint: str | Path | None = None) -> nn.Module:
+def build_model(name: str, checkpoint: str | Path | None = None) -> RTDETR:
     """RT-DETRv2 `name` in eval mode: `forward(images) -> {"pred_logits", "pred_boxes"}`.
 
     Without a checkpoint the weights are the random initialisation (useful for graph work only).
@@ -107,10 +105,9 @@ def build_model(name: str, checkpoint: str | Path | None = None) -> nn.Module:
     return model.eval()
 
 
-def build_deploy_model(name: str, checkpoint: str | Path | None = None) -> nn.Module:
+def build_deploy_model(name: str, checkpoint: str | Path | None = None) -> RTDETRDeploy:
     """Export form: RepVGG fused, `forward(images, orig_target_sizes) -> (labels, boxes, scores)`."""
     model = build_model(name, checkpoint)
-    assert isinstance(model, RTDETR)
     num_classes = VARIANTS[name].num_classes
     return RTDETRDeploy(model, RTDETRPostProcessor(num_classes=num_classes)).eval()
 

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from rtq.models.decoder import RTDETRTransformerv2
 from rtq.models.io import Detections, ImageMeta
 from rtq.models.postprocess import RTDETRPostProcessor
 
@@ -20,18 +21,18 @@ from rtq.models.postprocess import RTDETRPostProcessor
 class RTDETR(nn.Module):
     """Backbone -> HybridEncoder -> decoder; returns raw `pred_logits` and `pred_boxes` (cx,cy,w,h)."""
 
-    def __init__(self, backbone: nn.Module, encoder: nn.Module, decoder: nn.Module) -> None:
+    def __init__(self, backbone: nn.Module, encoder: nn.Module, decoder: RTDETRTransformerv2) -> None:
         super().__init__()
         self.backbone = backbone
         self.decoder = decoder
         self.encoder = encoder
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        expected = getattr(self.decoder, "eval_spatial_size", None)
+        expected = self.decoder.eval_spatial_size
         if expected is not None and not torch.jit.is_tracing() and tuple(images.shape[2:]) != tuple(expected):
             raise ValueError(
-                f"images are {tuple(images.shape[2:])} but this model's anchors are built for {tuple(expected)}; "
-                "resize images to that size"
+                f"images are {tuple(images.shape[2:])} but the anchors of this model are built for "
+                f"{tuple(expected)}; resize images to that size"
             )
         return self.decoder(self.encoder(self.backbone(images)))
 

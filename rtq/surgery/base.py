@@ -104,7 +104,7 @@ def _load_builtin_passes() -> None:
     import rtq.surgery as pkg
 
     for info in pkgutil.iter_modules(pkg.__path__):
-        if info.name not in ("base", "__main__"):
+        if info.name not in ("base", "patterns", "example_model", "__main__"):
             importlib.import_module(f"rtq.surgery.{info.name}")
 
 
@@ -227,3 +227,20 @@ def run_passes(onnx_in: str | Path, onnx_out: str | Path,
 def reports_markdown(reports: Sequence[PassReport]) -> str:
     """All pass reports of one surgery stage as one Markdown document."""
     return "# Graph surgery\n\n" + "\n".join(r.to_markdown() for r in reports)
+
+
+def write_reports(reports: Sequence[PassReport], out_dir: str | Path, stem: str = "surgery") -> list[Path]:
+    """``<stem>.json`` and ``<stem>.md`` in ``out_dir``, each written atomically."""
+    import json
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path, text in ((out / f"{stem}.json", json.dumps([r.to_dict() for r in reports], indent=2)),
+                       (out / f"{stem}.md", reports_markdown(reports))):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=out)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+        written.append(path)
+    return written

@@ -150,9 +150,10 @@ def fuse_attn_offset_prediction(graph: gs.Graph, options: Mapping[str, Any]) -> 
     search = find_projection_pairs(graph, options.get("layers"))
     report.unmatched.extend(search.unmatched)
     if not search.pairs and not search.unmatched:
+        where = f" in layers matching {options['layers']!r}" if options.get("layers") else ""
         report.unmatched.append(Unmatched(graph.name or "graph", (
-            "no pair of Linear projections (sampling_offsets / attention_weights) reading one "
-            "quantized tensor; is this an RT-DETRv2 decoder?")))
+            f"no pair of Linear projections (sampling_offsets / attention_weights) reading one "
+            f"quantized tensor{where}; is this an RT-DETRv2 decoder?")))
     for pair in search.pairs:
         quant = [analyse_quant_branch(b) for b in pair.branches]
         failures = [q for q in quant if isinstance(q, str)]

@@ -80,6 +80,8 @@ def test_layerwise_finds_the_first_diverging_tensor(graphs: dict[str, Path], tmp
     assert lw["first_exceeding"][0]["tensor"].startswith("/layers.0/")
     assert "sampling_offsets/MatMul" in lw["first_exceeding"][0]["tensor"]
     assert "## Layer-wise" in (tmp_path / "report.md").read_text()
+    assert report["summary"]["first_diverging_tensor"] == lw["first_exceeding"][0]["tensor"]
+    assert report["summary"]["max_abs_error"] == report["outputs"]["output"]["max_abs"] > 0
 
 
 def test_cli_runs_and_fails_cleanly(graphs: dict[str, Path], tmp_path: Path) -> None:

@@ -20,7 +20,10 @@ def r18_state() -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("layout", ["ema", "model", "bare"])
 def test_layouts_and_float16_load_strictly(layout: str, r18_state: dict, tmp_path: Path) -> None:
-    half = {k: v.half() if v.dtype == torch.float32 and k != "decoder.anchors" else v for k, v in r18_state.items()}
+    half = {
+        k: v.half() if v.dtype == torch.float32 and k != "decoder.anchors" else v
+        for k, v in r18_state.items()
+    }
     obj = {"ema": {"module": half}} if layout == "ema" else {"model": half} if layout == "model" else half
     path = tmp_path / "ckpt.pth"
     torch.save(obj, path)
@@ -52,7 +55,9 @@ def test_trimmed_checkpoint_names_the_missing_keys(r18_state: dict, tmp_path: Pa
     trimmed = {k: v for k, v in r18_state.items() if not k.startswith("decoder.dec_bbox_head.2.")}
     path = tmp_path / "trimmed.pth"
     torch.save(trimmed, path)
-    with pytest.raises(UserError, match=r"looks like rtdetrv2_r18vd.*missing keys: decoder\.dec_bbox_head\.2\."):
+    with pytest.raises(
+        UserError, match=r"looks like rtdetrv2_r18vd.*missing keys: decoder\.dec_bbox_head\.2\."
+    ):
         build_model("rtdetrv2_r18vd", path)
 
 

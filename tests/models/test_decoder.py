@@ -34,7 +34,9 @@ def test_default_samples_bilinearly_at_pixel_centres() -> None:
     """With align_corners=False, (i + 0.5) / W is the centre of cell i: bilinear returns its value."""
     value, shapes = _value_and_cells()
     heads, points = 2, [1, 1]
-    loc = torch.tensor([[1.5 / 4, 2.5 / 4], [0.5 / 2, 1.0 / 2]])  # level 0 cell (x1, y2); level 1 between rows
+    loc = torch.tensor(
+        [[1.5 / 4, 2.5 / 4], [0.5 / 2, 1.0 / 2]]
+    )  # level 0 cell (x1, y2); level 1 between rows
     locations = loc.reshape(1, 1, 1, 2, 2).expand(2, 3, heads, 2, 2).contiguous()
     weights = torch.tensor([0.25, 0.75]).expand(2, 3, heads, 2).contiguous()
     out = sample_values(value, shapes, locations, weights, points, heads, "default")

@@ -12,6 +12,7 @@ def _randomise_norms(module: nn.Module) -> None:
     with torch.no_grad():
         for m in module.modules():
             if isinstance(m, nn.BatchNorm2d):
+                assert m.running_mean is not None and m.running_var is not None
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
                 m.weight.uniform_(0.5, 1.5)
@@ -44,8 +45,13 @@ def test_sincos_embedding_rows_then_columns() -> None:
 
 def test_encoder_outputs_three_levels_of_hidden_dim() -> None:
     torch.manual_seed(0)
-    enc = HybridEncoder(in_channels=(32, 64, 128), hidden_dim=64, dim_feedforward=128, expansion=0.5,
-                        eval_spatial_size=(128, 128)).eval()
+    enc = HybridEncoder(
+        in_channels=(32, 64, 128),
+        hidden_dim=64,
+        dim_feedforward=128,
+        expansion=0.5,
+        eval_spatial_size=(128, 128),
+    ).eval()
     assert "pos_embed2" not in enc.state_dict()  # non-persistent, like the official module
     feats = [torch.randn(1, 32, 16, 16), torch.randn(1, 64, 8, 8), torch.randn(1, 128, 4, 4)]
     with torch.no_grad():

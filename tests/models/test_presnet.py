@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from rtq.models.presnet import FrozenBatchNorm2d, PResNet, freeze_batch_norm
+from rtq.models.presnet import ConvNormLayer, FrozenBatchNorm2d, PResNet, freeze_batch_norm
 
 
 @pytest.mark.parametrize(("depth", "channels"), [(18, [128, 256, 512]), (50, [512, 1024, 2048])])
@@ -20,17 +20,19 @@ def test_returns_stages_1_to_3_at_strides_8_16_32(depth: int, channels: list[int
 
 
 def test_variant_d_shortcuts() -> None:
-    model = PResNet(18)
-    first = model.res_layers[0].blocks[0]
-    assert not isinstance(first.short, nn.Sequential)  # stride-1 stage: plain 1x1 ConvNorm
-    downsampling = model.res_layers[1].blocks[0]
-    assert isinstance(downsampling.short.pool, nn.AvgPool2d) and downsampling.short.pool.ceil_mode
-    assert model.res_layers[1].blocks[1].shortcut  # later blocks use the identity
+    modules = dict(PResNet(18).named_modules())
+    # Stride-1 stage: a plain 1x1 ConvNorm; stride-2 stages: average pool then 1x1 ConvNorm.
+    assert isinstance(modules["res_layers.0.blocks.0.short"], ConvNormLayer)
+    pool = modules["res_layers.1.blocks.0.short.pool"]
+    assert isinstance(pool, nn.AvgPool2d) and pool.ceil_mode
+    assert isinstance(modules["res_layers.1.blocks.0.short.conv"], ConvNormLayer)
+    assert "res_layers.1.blocks.1.short" not in modules  # later blocks use the identity
 
 
 def test_frozen_norm_matches_batchnorm_in_eval() -> None:
     torch.manual_seed(0)
     bn = nn.BatchNorm2d(8).eval()
+    assert bn.running_mean is not None and bn.running_var is not None
     with torch.no_grad():
         bn.running_mean.uniform_(-1, 1)
         bn.running_var.uniform_(0.5, 2)

@@ -14,10 +14,19 @@ from rtq.models import build_deploy_model, build_model, list_models
 from rtq.models.hybrid_encoder import RepVggBlock
 from rtq.models.registry import VARIANTS, construct
 
-KEYS_JSON = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "rtdetrv2_r18vd_parity" / "keys.json"
+KEYS_JSON = (
+    Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "rtdetrv2_r18vd_parity" / "keys.json"
+)
 OFFICIAL = [
-    "rtdetrv2_r18vd", "rtdetrv2_r34vd", "rtdetrv2_r50vd_m", "rtdetrv2_r50vd", "rtdetrv2_r101vd",
-    "rtdetrv2_r18vd_dsp", "rtdetrv2_r34vd_dsp", "rtdetrv2_r50vd_m_dsp", "rtdetrv2_r50vd_dsp",
+    "rtdetrv2_r18vd",
+    "rtdetrv2_r34vd",
+    "rtdetrv2_r50vd_m",
+    "rtdetrv2_r50vd",
+    "rtdetrv2_r101vd",
+    "rtdetrv2_r18vd_dsp",
+    "rtdetrv2_r34vd_dsp",
+    "rtdetrv2_r50vd_m_dsp",
+    "rtdetrv2_r50vd_dsp",
 ]
 
 

@@ -101,3 +101,14 @@ def test_checker_accepts_plugin_nodes_but_not_broken_graphs() -> None:
                             [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     with pytest.raises(onnx.checker.ValidationError):
         check_model(helper.make_model(bad, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_write_reports(tmp_path: Path) -> None:
+    import json
+
+    from rtq.surgery.base import write_reports
+
+    paths = write_reports([PassReport("a", changed=["x"]), PassReport("b")], tmp_path)
+    assert [p.name for p in paths] == ["surgery.json", "surgery.md"]
+    assert [r["name"] for r in json.loads(paths[0].read_text())] == ["a", "b"]
+    assert "### Pass `b`" in paths[1].read_text()

@@ -160,6 +160,31 @@ def test_layer_filter_option(exports: dict[str, Path], tmp_path: Path) -> None:
                                           "/layers.0/attention_weights/MatMul"]
 
 
+
+def test_onnx_ptq_form_with_int8_initializers(exports: dict[str, Path], tmp_path: Path) -> None:
+    """modelopt ONNX PTQ writes DQ(int8 initializer [K, N], axis 1) -> MatMul with no Transpose."""
+    from modelopt.onnx.quantization import quantize
+
+    ptq = tmp_path / "ptq.onnx"
+    calib = np.random.default_rng(0).normal(size=(4, 10, 32)).astype(np.float32)
+    quantize(onnx_path=str(exports["fp32"]), quantize_mode="int8", calibration_data={"query": calib},
+             calibration_eps=["cpu"], high_precision_dtype="fp32", output_path=str(ptq), log_level="ERROR")
+    weight_dqs = [n for n in onnx.load(str(ptq)).graph.node
+                  if n.op_type == "DequantizeLinear" and "MatMul" in n.input[0]]
+    assert weight_dqs, "expected DequantizeLinear nodes reading int8 weight initializers"
+    fused_path = tmp_path / "fused.onnx"
+    mark_both = {"name": "mark_extra_outputs", "options": {"preset": "both"}}
+    reports = run_passes(ptq, fused_path, ["fuse_attn_offset_prediction", mark_both])
+    assert reports[0].matched == ["/layers.0", "/layers.1"]
+    marked = tmp_path / "marked.onnx"
+    run_passes(ptq, marked, [mark_both])
+    fused = onnx.load(str(fused_path))
+    first = list(next(n for n in fused.graph.node if n.op_type == OP_TYPE).output)
+    feed = _feed(2)
+    ref, got = _run(marked, feed, first), _run(to_ort_domain(fused), feed, first)
+    for name, r, g in zip(first, ref, got, strict=True):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5, err_msg=name)
+
 SHARED_IMAGES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "coco_calib"
 
 
