@@ -44,7 +44,10 @@ cmd_test() {
   ensure_setup
   "$VENV/bin/ruff" check rtq tests plugins
   "$VENV/bin/mypy" rtq
-  "$PY" -m pytest -q "$@"
+  # Tests marked slow (larger models, long sweeps) run with RTQ_SLOW=1 ./workflow.sh test
+  local marker="not slow"
+  [ "${RTQ_SLOW:-0}" = "1" ] && marker=""
+  "$PY" -m pytest -q -m "$marker" "$@"
 }
 
 cmd_lint() {

@@ -326,13 +326,22 @@ def stage_compare(ctx: RunContext) -> list[Path]:
     images = _eval_images(ctx, int(settings_cfg.num_images))
     feeds = [ctx.detector.io.preprocess([image])[0] for image in images]
     out_dir = ctx.run_dir / "compare"
-    reference = _onnx_runner(ctx, ctx.onnx_qdq, "reference", "reference")
-    target, backend = _target_runner(ctx, "reference")
-    settings = CompareSettings(score_threshold=float(settings_cfg.detection_score_threshold))
+    settings = CompareSettings(
+        score_threshold=float(settings_cfg.detection_score_threshold),
+        layer_threshold=float(settings_cfg.layerwise_threshold),
+    )
     from polygraphy.logger import G_LOGGER
 
     with G_LOGGER.verbosity(G_LOGGER.WARNING):  # the numbers go to report.md, not the console
-        report = compare_runners(reference, target, feeds, out_dir, settings)
+        if settings_cfg.layerwise and ctx.engine is None and ctx.onnx is not None:
+            from rtq.compare.compare import compare_onnx
+
+            backend = "onnxruntime"
+            report = compare_onnx(ctx.onnx_qdq, ctx.onnx, feeds, out_dir, settings, layerwise=True)
+        else:
+            reference = _onnx_runner(ctx, ctx.onnx_qdq, "reference", "reference")
+            target, backend = _target_runner(ctx, "reference")
+            report = compare_runners(reference, target, feeds, out_dir, settings)
     log.info("comparison report: %s", out_dir / "report.md")
     ctx.row["compare"] = {
         "target_backend": backend,
