@@ -31,7 +31,10 @@ def demo_runs(quick: bool) -> list[tuple[str, list[str]]]:
         rtdetr.append(f"model.checkpoint={PARITY_CHECKPOINT}")
     return [
         ("YOLOX-Nano FP32 (ONNX Runtime)", ["experiment=yolox_fp32", *sweep, *limit]),
-        ("YOLOX-Nano INT8 (modelopt ONNX PTQ, max, sensitive Convs float)", ["experiment=yolox_int8_max", *sweep, *limit]),
+        (
+            "YOLOX-Nano INT8 (modelopt ONNX PTQ, max, sensitive Convs float)",
+            ["experiment=yolox_int8_max", *sweep, *limit],
+        ),
         ("RT-DETRv2-R18 INT8 with extra outputs", ["experiment=int8_extra_outputs", *rtdetr, *sweep, *limit]),
     ]
 

@@ -14,16 +14,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from rtq.cache import ArtifactCache, cache_key, file_digest
+from rtq.debug.stage import stage_localize
 from rtq.errors import StageSkipped, UserError
 from rtq.models.io import DetectorIO
 
 log = logging.getLogger("rtq")
+
+OrtMode = Literal["reference", "fast"]
 
 
 @dataclass
@@ -183,14 +186,14 @@ def stage_quantize(ctx: RunContext) -> list[Path]:
         ctx.row["cache"] = "quantized ONNX reused"
     import onnx
 
-    summary = qdq_summary(onnx.load(str(out)))
-    log.info("%s", summary.line())
+    qdq = qdq_summary(onnx.load(str(out)))
+    log.info("%s", qdq.line())
     ctx.row["quantizers"] = {
-        "quantize_nodes": summary.quantize_nodes,
-        "dequantize_nodes": summary.dequantize_nodes,
-        "int8_by_op": summary.int8_by_op,
-        "float_by_op": summary.float_by_op,
-        "float_nodes": summary.float_compute,
+        "quantize_nodes": qdq.quantize_nodes,
+        "dequantize_nodes": qdq.dequantize_nodes,
+        "int8_by_op": qdq.int8_by_op,
+        "float_by_op": qdq.float_by_op,
+        "float_nodes": qdq.float_compute,
     }
     ctx.onnx = ctx.onnx_qdq = out
     return [out]
@@ -233,8 +236,8 @@ def stage_export(ctx: RunContext) -> list[Path]:
     if _quant_enabled(cfg) and cfg.export.get("fidelity_images", 0):
         ctx.row["fidelity"] = _fidelity(ctx, out)
     stored = ctx.cache.store("onnx", key, out)
-    meta = {k: ctx.row[k] for k in ("quantizers", "fidelity") if k in ctx.row}
-    stored.with_name("meta.json").write_text(json.dumps(meta, default=str))
+    cached_row = {k: ctx.row[k] for k in ("quantizers", "fidelity") if k in ctx.row}
+    stored.with_name("meta.json").write_text(json.dumps(cached_row, default=str))
     ctx.onnx = ctx.onnx_qdq = out
     return [out]
 
@@ -294,13 +297,13 @@ def stage_build(ctx: RunContext) -> list[Path]:
     return [out]
 
 
-def _onnx_runner(ctx: RunContext, path: Path, name: str, mode: str) -> Any:
+def _onnx_runner(ctx: RunContext, path: Path, name: str, mode: OrtMode) -> Any:
     from rtq.compare.compare import onnx_runner
 
     return onnx_runner(path, name, ctx.run_dir / "ort", mode=mode)
 
 
-def _target_runner(ctx: RunContext, mode: str) -> tuple[Any, str]:
+def _target_runner(ctx: RunContext, mode: OrtMode) -> tuple[Any, str]:
     """The runner for the model under test: the engine when built, else the current ONNX in ORT."""
     backend = str(ctx.cfg.backend.name)
     if ctx.engine is not None:
@@ -310,7 +313,9 @@ def _target_runner(ctx: RunContext, mode: str) -> tuple[Any, str]:
     if backend == "torch" and ctx.detector.torch_model is not None and ctx.onnx is None:
         from rtq.backends.torch import make_torch_runner
 
-        return make_torch_runner(ctx.detector.torch_model, num_threads=ctx.cfg.backend.get("num_threads")), "torch"
+        return make_torch_runner(
+            ctx.detector.torch_model, num_threads=ctx.cfg.backend.get("num_threads")
+        ), "torch"
     if ctx.onnx is None:
         raise UserError(f"backend={backend} needs an ONNX model: add export to `stages`")
     return _onnx_runner(ctx, ctx.onnx, "target", mode), "onnxruntime"
@@ -368,7 +373,9 @@ def stage_evaluate(ctx: RunContext) -> list[Path]:
     sweep_rows = []
     if ev.sweep_batches:
         images = [dataset.load_image(image) for image in dataset.images[: max(ev.sweep_batches)]]
-        sweep = batch_sweep(runner, ctx.detector.io, images, list(ev.sweep_batches), int(ev.warmup), int(ev.iterations))
+        sweep = batch_sweep(
+            runner, ctx.detector.io, images, list(ev.sweep_batches), int(ev.warmup), int(ev.iterations)
+        )
         sweep_rows = [row.to_row() for row in sweep]
         (ctx.run_dir / "throughput.md").write_text(fps_table_markdown(sweep))
     row = _result_row(ctx, backend, dataset.root, result.to_row(), sweep_rows)
@@ -418,6 +425,7 @@ STAGES: dict[str, StageFn] = {
     "build": stage_build,
     "compare": stage_compare,
     "evaluate": stage_evaluate,
+    "localize": stage_localize,
 }
 
 
@@ -468,7 +476,14 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         inputs += ctx.pending_inputs
         ctx.pending_inputs = []
         ctx.records.append(
-            StageRecord(name, status, round(time.perf_counter() - started, 3), inputs, [str(p) for p in outputs], reason)
+            StageRecord(
+                name,
+                status,
+                round(time.perf_counter() - started, 3),
+                inputs,
+                [str(p) for p in outputs],
+                reason,
+            )
         )
         _write_stage_log(ctx)
     return ctx.row

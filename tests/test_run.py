@@ -14,8 +14,21 @@ from rtq.paths import PROJECT_ROOT, SHARED_DIR
 
 PARITY_CHECKPOINT = SHARED_DIR / "fixtures" / "rtdetrv2_r18vd_parity" / "checkpoint.pth"
 ROW_KEYS = {
-    "experiment", "model", "backend", "precision", "dataset", "num_images", "ap", "ap50", "ap75",
-    "ap_small", "ap_medium", "ap_large", "fps_model", "fps_e2e", "batch_size",
+    "experiment",
+    "model",
+    "backend",
+    "precision",
+    "dataset",
+    "num_images",
+    "ap",
+    "ap50",
+    "ap75",
+    "ap_small",
+    "ap_medium",
+    "ap_large",
+    "fps_model",
+    "fps_e2e",
+    "batch_size",
 }
 
 
@@ -25,7 +38,10 @@ def run_rtq(
     """Run one experiment into `tmp_path/run` with its own store and (unless given) its own cache."""
     run_dir = tmp_path / "run"
     command = [
-        sys.executable, "-m", "rtq.run", *overrides,
+        sys.executable,
+        "-m",
+        "rtq.run",
+        *overrides,
         f"hydra.run.dir={run_dir}",
         f"results.store={tmp_path / 'store.jsonl'}",
         f"cache_dir={cache or tmp_path / 'cache'}",
@@ -39,8 +55,14 @@ def stage_status(run_dir: Path) -> dict[str, dict[str, object]]:
 
 
 def test_fp32_torch_writes_a_result_row_and_appends_it_to_the_store(tmp_path: Path) -> None:
-    proc, run_dir = run_rtq(tmp_path, "experiment=fp32_torch", "data.max_images=2", "evaluate.sweep_batches=[1]",
-                            "evaluate.iterations=1", "evaluate.warmup=0")
+    proc, run_dir = run_rtq(
+        tmp_path,
+        "experiment=fp32_torch",
+        "data.max_images=2",
+        "evaluate.sweep_batches=[1]",
+        "evaluate.iterations=1",
+        "evaluate.warmup=0",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = json.loads((run_dir / "results.json").read_text())
     assert ROW_KEYS <= row.keys()
@@ -50,11 +72,17 @@ def test_fp32_torch_writes_a_result_row_and_appends_it_to_the_store(tmp_path: Pa
     assert stored == [row]
 
 
-@pytest.mark.skipif(not PARITY_CHECKPOINT.is_file(), reason=f"parity checkpoint not found at {PARITY_CHECKPOINT}")
+@pytest.mark.skipif(
+    not PARITY_CHECKPOINT.is_file(), reason=f"parity checkpoint not found at {PARITY_CHECKPOINT}"
+)
 def test_int8_extra_outputs_runs_every_stage_but_build_and_reuses_the_calibration(tmp_path: Path) -> None:
     common = [
-        "experiment=int8_extra_outputs", f"model.checkpoint={PARITY_CHECKPOINT}", "data.max_images=2",
-        "quant.calib.max_images=2", "quant.calib.batch_size=2", "export.fidelity_images=0",
+        "experiment=int8_extra_outputs",
+        f"model.checkpoint={PARITY_CHECKPOINT}",
+        "data.max_images=2",
+        "quant.calib.max_images=2",
+        "quant.calib.batch_size=2",
+        "export.fidelity_images=0",
         "evaluate.sweep_batches=[]",
     ]
     proc, run_dir = run_rtq(tmp_path, *common, "compare.num_images=1")
@@ -95,7 +123,9 @@ def test_int8_extra_outputs_runs_every_stage_but_build_and_reuses_the_calibratio
         (["experiment=int8_default", "quant.exclude=[nothing_like_this*]"], "nothing_like_this*"),
     ],
 )
-def test_bad_input_ends_in_one_line_and_exit_code_2(tmp_path: Path, overrides: list[str], expected: str) -> None:
+def test_bad_input_ends_in_one_line_and_exit_code_2(
+    tmp_path: Path, overrides: list[str], expected: str
+) -> None:
     proc, run_dir = run_rtq(tmp_path, *overrides)
     assert proc.returncode == 2, proc.stderr[-3000:]
     error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -101,14 +102,20 @@ def _localize(args: argparse.Namespace) -> int:
 
 def _sensitivity(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from rtq.debug import sensitivity as sens
-    from rtq.debug.auto_recipe import greedy_float_groups, recipe_dict, write_recipe
+    from rtq.debug.auto_recipe import greedy_float_groups, onnx_recipe_dict, recipe_dict, write_recipe
 
     command = "python -m rtq.debug " + " ".join(shlex.quote(a) for a in argv)
     out = Path(args.out)
     coco = (
         None if args.no_ap else (Path(args.coco_root) if args.coco_root else _data_dir("coco_val2017_mini"))
     )
+    reused = sens.load_result(args.from_json) if args.from_json else None
+    if reused is not None:
+        # measure the greedy steps with the settings the ranking was measured with
+        args.calib_images = int(reused.settings.get("calibration_images", args.calib_images))
+        args.method = str(reused.settings.get("method", args.method))
     images = _images(args.calib, args.calib_images)
+    make_recipe: Callable[[list[str], str], dict[str, Any]]
     if args.model == "yolox_nano":
         from rtq.data.calib import calibration_batches
         from rtq.models.adapters.yolox import YoloxIO
@@ -119,13 +126,19 @@ def _sensitivity(args: argparse.Namespace, argv: Sequence[str]) -> int:
         groups = sens.yolox_node_groups(onnx.load(str(onnx_path)))
         feeds = list(calibration_batches(images, YoloxIO(), batch_size=1))
         probe = sens.OnnxProbe(onnx_path, feeds, groups, coco, args.eval_images, args.method, out / "models")
-        result = sens.onnx_sensitivity(probe)
+        result = reused if reused is not None else sens.onnx_sensitivity(probe)
 
         def measure(float_groups: Sequence[str]) -> sens.Metrics:
             return probe.measure(float_groups)
 
-        def exclude_of(float_groups: Sequence[str]) -> list[str]:
-            return probe.float_nodes(float_groups)
+        def make_recipe(float_groups: list[str], description: str) -> dict[str, Any]:
+            return onnx_recipe_dict(
+                args.auto_recipe,
+                probe.float_nodes(float_groups),
+                description,
+                method=args.method,
+                calib_images=args.calib_images,
+            )
     elif args.model.startswith("rtdetrv2_"):
         import torch
 
@@ -137,38 +150,46 @@ def _sensitivity(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
         feeds_list = [generic_feeds_rtdetr(im) for im in images]
         groups_glob = sens.rtdetr_module_groups(factory())
-        result = sens.torch_sensitivity(factory, feeds_list, groups_glob, recipe=args.recipe)
-        result.model = args.model
+        if reused is not None:
+            result = reused
+        else:
+            result = sens.torch_sensitivity(factory, feeds_list, groups_glob, recipe=args.recipe)
+            result.model = args.model
 
         def measure(float_groups: Sequence[str]) -> sens.Metrics:
             raise UserError(
                 "auto recipe for RT-DETR needs the pipeline's quantize stage; use the ranked table"
             )
 
-        def exclude_of(float_groups: Sequence[str]) -> list[str]:
-            return [groups_glob[g] for g in float_groups]
+        def make_recipe(float_groups: list[str], description: str) -> dict[str, Any]:
+            return recipe_dict(args.auto_recipe, [groups_glob[g] for g in float_groups], description)
     else:
         raise UserError(f"--model {args.model!r} is unknown; use yolox_nano or rtdetrv2_r18vd")
-    result.command = command
+    if reused is None:
+        result.command = command
     json_path, md_path = sens.write_reports(result, out, stem=f"sensitivity_{args.model}")
     print(md_path.read_text())
     if args.auto_recipe:
         chosen = greedy_float_groups(result, measure, args.max_ap_drop, args.max_fidelity)
-        recipe = recipe_dict(
-            args.auto_recipe,
-            exclude_of(chosen.float_groups),
-            f"auto recipe for {args.model}: float groups {chosen.float_groups} (target met: {chosen.met})",
+        last = chosen.steps[-1].metrics
+        recipe = make_recipe(
+            chosen.float_groups,
+            f"auto recipe for {args.model}: float groups {chosen.float_groups} "
+            f"(target met: {chosen.met}; measured AP {last.ap}, fidelity {last.fidelity:.4f})",
         )
-        path = write_recipe(recipe, out / f"{args.auto_recipe}.yaml", header=f"Produced by: {command}")
+        header = f"Produced by: {command}"
+        if reused is not None and reused.command:
+            header += f"\nRanking measured by: {reused.command}"
+        path = write_recipe(recipe, out / f"{args.auto_recipe}.yaml", header=header)
         print(f"auto recipe: float groups {chosen.float_groups}, target met: {chosen.met} -> {path}")
     return 0
 
 
-def generic_feeds_rtdetr(image: np.ndarray) -> dict[str, np.ndarray]:
-    """RT-DETR feed of one image: 640x640 in 0..1 plus its (w, h)."""
+def generic_feeds_rtdetr(image: np.ndarray, size: int = 640) -> dict[str, np.ndarray]:
+    """RT-DETR feed of one image: `size` x `size` in 0..1 plus its (w, h)."""
     from PIL import Image
 
-    resized = np.asarray(Image.fromarray(image).resize((640, 640)), np.float32) / 255.0
+    resized = np.asarray(Image.fromarray(image).resize((size, size)), np.float32) / 255.0
     return {
         "images": resized.transpose(2, 0, 1)[None].copy(),
         "orig_target_sizes": np.array([[image.shape[1], image.shape[0]]], dtype=np.int64),
@@ -218,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     sen.add_argument("--auto-recipe", default=None, help="name of the recipe to emit")
     sen.add_argument("--max-ap-drop", type=float, default=None)
     sen.add_argument("--max-fidelity", type=float, default=None)
+    sen.add_argument(
+        "--from-json", default=None, help="reuse the ranking of an earlier run's sensitivity_<model>.json"
+    )
     sen.add_argument("--out", required=True)
     return parser
 

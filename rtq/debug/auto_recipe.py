@@ -3,7 +3,9 @@
 Greedy on the sensitivity ranking: add the next most sensitive group to the float set, measure the
 combined model (sensitivities do not simply add up), stop once the AP drop or the fidelity error is
 within the target. The result is a recipe YAML in the schema of `conf/quant/*.yaml`, so
-`quant=<name>` / `experiment=int8_<name>` can use it like any shipped recipe.
+`quant=<name>` / `experiment=int8_<name>` can use it like any shipped recipe: torch models get a
+modelopt recipe (`exclude` module globs), ONNX-only models an ONNX PTQ recipe (`level: onnx`,
+`exclude_nodes` node regexes), the keys the quantize stage reads for each.
 """
 
 from __future__ import annotations
@@ -90,6 +92,31 @@ def recipe_dict(
     if "calib" in base:
         recipe["calib"] = base["calib"]
     return recipe
+
+
+def onnx_recipe_dict(
+    name: str,
+    exclude_nodes: Sequence[str],
+    description: str,
+    method: str = "max",
+    calib_images: int = 32,
+    batch_size: int = 8,
+    exclude_op_types: Sequence[str] = (),
+) -> dict[str, Any]:
+    """An ONNX PTQ recipe (schema of `conf/quant/onnx_int8_max.yaml`) keeping `exclude_nodes` in float.
+
+    The calibration settings should be the ones the sensitivity run measured with, so the pipeline
+    reproduces its figures.
+    """
+    return {
+        "name": name,
+        "description": description,
+        "level": "onnx",
+        "method": method,
+        "exclude_nodes": list(exclude_nodes),
+        "exclude_op_types": list(exclude_op_types),
+        "calib": {"max_images": int(calib_images), "batch_size": int(batch_size)},
+    }
 
 
 def write_recipe(recipe: dict[str, Any], path: str | Path, header: str = "") -> Path:

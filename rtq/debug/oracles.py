@@ -58,11 +58,16 @@ def output_error(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np
     return worst
 
 
-def mark_outputs(model: onnx.ModelProto, tensors: Iterable[str]) -> onnx.ModelProto:
-    """Copy of `model` with `tensors` appended to the graph outputs (the fusion-breaking fix)."""
+def mark_outputs(
+    model: onnx.ModelProto, tensors: Iterable[str], elem_types: Mapping[str, int] | None = None
+) -> onnx.ModelProto:
+    """Copy of `model` with `tensors` appended to the graph outputs (the fusion-breaking fix).
+
+    `elem_types` (tensor -> ONNX element type) saves a shape inference when marking one model often.
+    """
     marked = onnx.ModelProto()
     marked.CopyFrom(model)
-    index_types = GraphIndex(model).elem_type
+    index_types = elem_types if elem_types is not None else GraphIndex(model).elem_type
     present = {o.name for o in marked.graph.output}
     for name in sorted(set(tensors) - present):
         marked.graph.output.append(
@@ -127,9 +132,12 @@ class FaultInjectionOracle:
         self.feeds = dict(feeds)
         self.fault = fault
         self.builds = 0
+        self.elem_types = GraphIndex(self.model).elem_type
         self.reference = run_model(self.model, self.feeds)
         cluster_outputs = [t for c in faulty for t in c.outputs]
-        ranges = run_model(mark_outputs(self.model, cluster_outputs), self.feeds, cluster_outputs)
+        ranges = run_model(
+            mark_outputs(self.model, cluster_outputs, self.elem_types), self.feeds, cluster_outputs
+        )
         self.planted = [
             PlantedFault(
                 cluster,
@@ -143,7 +151,7 @@ class FaultInjectionOracle:
 
     def faulty_graph(self, marked_tensors: frozenset[str]) -> onnx.ModelProto:
         """The graph as the simulated builder would compile it with `marked_tensors` marked."""
-        model = mark_outputs(self.model, marked_tensors)
+        model = mark_outputs(self.model, marked_tensors, self.elem_types)
         for planted in self.planted:
             if marked_tensors & set(planted.cluster.tensors):
                 continue  # a marked tensor inside the cluster prevents the faulty fusion
@@ -225,6 +233,7 @@ class TensorRTOracle:
             raise StageSkipped("TensorRT not installed") from err
         self.onnx_path = Path(onnx_path)
         self.model = onnx.load(str(self.onnx_path))
+        self.elem_types = GraphIndex(self.model).elem_type
         self.feeds = dict(feeds)
         self.reference = dict(reference) if reference is not None else run_model(self.model, self.feeds)
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="rtq_localize_"))
@@ -240,7 +249,7 @@ class TensorRTOracle:
 
         self.builds += 1
         candidate = self.work_dir / f"candidate_{self.builds:03d}.onnx"
-        onnx.save(mark_outputs(self.model, marked_tensors), str(candidate))
+        onnx.save(mark_outputs(self.model, marked_tensors, self.elem_types), str(candidate))
         engine = build_engine(
             candidate, self.work_dir / f"candidate_{self.builds:03d}.plan", self.build_config
         )

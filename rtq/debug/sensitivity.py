@@ -442,6 +442,38 @@ def render_markdown(result: SensitivityResult) -> str:
     return "\n".join(lines)
 
 
+def load_result(path: str | Path) -> SensitivityResult:
+    """Read a `write_reports` JSON back, so a recipe can be derived without measuring again."""
+    source = Path(path)
+    if not source.is_file():
+        raise UserError(
+            f"sensitivity JSON {str(source)!r} does not exist; run `python -m rtq.debug sensitivity` first"
+        )
+    data = json.loads(source.read_text())
+    try:
+        groups = [
+            GroupSensitivity(
+                group=g["group"],
+                size=int(g["size"]),
+                only_quantized=Metrics(**g["only_quantized"]),
+                only_float=Metrics(**g["only_float"]),
+            )
+            for g in data["groups"]
+        ]
+        return SensitivityResult(
+            model=data["model"],
+            fp32=Metrics(**data["fp32"]),
+            int8=Metrics(**data["int8"]),
+            groups=groups,
+            fidelity_metric=data.get("fidelity_metric", ""),
+            command=data.get("command", ""),
+            settings=dict(data.get("settings") or {}),
+            seconds=float(data.get("seconds", 0.0)),
+        )
+    except (KeyError, TypeError) as err:
+        raise UserError(f"{str(source)!r} is not a sensitivity JSON (missing {err}); regenerate it") from None
+
+
 def write_reports(
     result: SensitivityResult, out_dir: str | Path, stem: str = "sensitivity"
 ) -> tuple[Path, Path]:

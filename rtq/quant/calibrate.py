@@ -6,6 +6,13 @@ cannot compute the amax (its max algorithm calls the histogram calibrator withou
 quantizers are inserted with `algorithm=None` and the statistics are collected here: enable
 calibration, run the same forward loop, then `load_calib_amax(method, percentile=...)` on
 histogram calibrators and `load_calib_amax()` on max calibrators.
+
+After calibration every calibrated weight is replaced by its fake-quantized value (`snap_weights_to_grid`).
+Checkpoints stored in float16 put many weights exactly half-way between two INT8 levels;
+modelopt rounds `w * (127 / amax)` while ONNX Runtime and TensorRT round `w / (amax / 127)`, and
+the two products land on different sides of the tie (387 of 19 M weights of RT-DETRv2 r18vd). A
+weight already on the grid is far from any tie, so torch and every backend quantize it alike, and
+the torch model computes exactly what it computed before.
 """
 
 from __future__ import annotations
@@ -83,6 +90,30 @@ def _finish_histogram_calibration(model: nn.Module, method: str, percentile: flo
         module.disable_calib()
 
 
+def snap_weights_to_grid(model: nn.Module) -> int:
+    """Replace each calibrated, enabled weight by its fake-quantized value; returns how many were set.
+
+    Fake quantization is idempotent on grid values, so the torch outputs do not change; what changes
+    is that the exported QuantizeLinear no longer meets exact rounding ties. Quantizers without an
+    amax (never calibrated, e.g. `MultiheadAttention.out_proj`, whose weight the attention reads
+    directly) are left alone.
+    """
+    from modelopt.torch.quantization.nn import TensorQuantizer
+
+    snapped = 0
+    with torch.no_grad():
+        for module in model.modules():
+            quantizer = getattr(module, "weight_quantizer", None)
+            weight = getattr(module, "weight", None)
+            if not isinstance(quantizer, TensorQuantizer) or not isinstance(weight, torch.Tensor):
+                continue
+            if not quantizer.is_enabled or quantizer.amax is None or getattr(quantizer, "_dynamic", False):
+                continue
+            weight.copy_(quantizer(weight))
+            snapped += 1
+    return snapped
+
+
 def quantize_model(
     model: nn.Module,
     recipe: Recipe,
@@ -106,11 +137,13 @@ def quantize_model(
     forward_loop = make_forward_loop(batches, progress)
     method = recipe.histogram_method
     if method is None:
-        return mtq.quantize(model, config, forward_loop)
-    model = mtq.quantize(model, config, forward_loop=None)  # algorithm None: insert quantizers only
-    enable_stats_collection(model)
-    forward_loop(model)
-    _finish_histogram_calibration(model, method, float(recipe.calib.percentile))
+        model = mtq.quantize(model, config, forward_loop)
+    else:
+        model = mtq.quantize(model, config, forward_loop=None)  # algorithm None: insert quantizers only
+        enable_stats_collection(model)
+        forward_loop(model)
+        _finish_histogram_calibration(model, method, float(recipe.calib.percentile))
+    snap_weights_to_grid(model)
     return model
 
 

@@ -1,0 +1,86 @@
+"""The `localize` pipeline stage on the toy Q/DQ graph: config in, reports and row summary out."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+from PIL import Image
+
+from rtq.cache import ArtifactCache
+from rtq.debug.stage import localize_settings, stage_localize
+from rtq.errors import StageSkipped, UserError
+from rtq.models.io import ImageMeta
+from rtq.stages import STAGES, Detector, RunContext
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class _ToyIO:
+    """Pre-processing of the toy graph (32x32 `images` in 0..1); post-processing is not used here."""
+
+    def preprocess(self, images: list[np.ndarray]) -> tuple[dict[str, np.ndarray], list[ImageMeta]]:
+        arrays = [np.asarray(Image.fromarray(im).resize((32, 32)), np.float32) / 255.0 for im in images]
+        return {"images": np.stack(arrays).transpose(0, 3, 1, 2).copy()}, []
+
+    def postprocess(self, outputs: dict[str, np.ndarray], metas: list[ImageMeta]) -> list:
+        raise NotImplementedError
+
+
+def _context(tmp_path: Path, onnx_path: Path | None, **localize: object) -> RunContext:
+    data_root = REPO / "data" / "coco_val2017_mini"
+    if not data_root.is_dir():
+        pytest.skip("bundled coco_val2017_mini not found")
+    cfg = OmegaConf.create(
+        {
+            "data": {"root": str(data_root), "max_images": None},
+            "backend": {"name": "onnxruntime"},
+            "localize": localize,
+        }
+    )
+    detector = Detector("toy", "onnx", _ToyIO(), source_onnx=onnx_path)  # type: ignore[arg-type]
+    ctx = RunContext(cfg, tmp_path / "run", detector, ArtifactCache(tmp_path / "cache"))
+    ctx.onnx = ctx.onnx_qdq = onnx_path
+    return ctx
+
+
+def test_stage_is_registered() -> None:
+    assert STAGES["localize"] is stage_localize
+
+
+def test_stage_writes_reports_and_row(toy_qdq_path: Path, tmp_path: Path) -> None:
+    ctx = _context(tmp_path, toy_qdq_path, oracle="fault", fault_layers=[2], verify_equivalents=False)
+    outputs = stage_localize(ctx)
+    out_dir = ctx.run_dir / "localize"
+    assert outputs[:2] == [out_dir / "report.md", out_dir / "report.json"]
+    assert all(p.is_file() for p in outputs)
+    summary = ctx.row["localize"]
+    assert summary["status"] == "localized"
+    (found,) = summary["minimal_set"]
+    assert found.startswith("/layers.2/")
+    assert summary["error_after"] < summary["error_before"]
+    assert 0 < summary["builds"] < summary["candidates"]
+    assert found in (out_dir / "report.md").read_text()
+    assert outputs[2] == out_dir / "toy_qdq.localized.onnx"
+    assert ctx.onnx == toy_qdq_path  # a simulated fix never replaces the model under test
+
+
+def test_tensorrt_oracle_without_tensorrt_skips(toy_qdq_path: Path, tmp_path: Path) -> None:
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed: the stage would build engines")
+    with pytest.raises(StageSkipped, match="TensorRT not installed"):
+        stage_localize(_context(tmp_path, toy_qdq_path, oracle="tensorrt"))
+
+
+def test_bad_settings_are_user_errors(toy_qdq_path: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="localize.oracel"):
+        localize_settings(OmegaConf.create({"localize": {"oracel": "fault"}}))
+    with pytest.raises(UserError, match="localize.oracle='gpu'"):
+        localize_settings(OmegaConf.create({"localize": {"oracle": "gpu"}}))
+    with pytest.raises(UserError, match="fault_layers"):
+        stage_localize(_context(tmp_path, toy_qdq_path, fault_layers=[17]))
+    with pytest.raises(UserError, match="needs a Q/DQ ONNX"):
+        stage_localize(_context(tmp_path, None))
