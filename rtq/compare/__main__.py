@@ -43,11 +43,11 @@ def random_feeds(runner: Any, iterations: int, seed: int = 0) -> list[dict[str, 
 
 
 def engine_runner(path: Path, name: str) -> Any:
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
+    from rtq.backends.tensorrt.compat import tensorrt_available
+
+    if not tensorrt_available():
         raise UserError(f"target {path} is a TensorRT engine but TensorRT is not installed here; "
-                        "compare an ONNX target or run on a machine with TensorRT") from None
+                        "compare an ONNX target or run on a machine with TensorRT")
     from polygraphy.backend.common import BytesFromPath
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 

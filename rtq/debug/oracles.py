@@ -227,10 +227,9 @@ class TensorRTOracle:
         work_dir: str | Path | None = None,
         build_config: Any = None,
     ) -> None:
-        try:
-            import tensorrt  # noqa: F401
-        except ImportError as err:
-            raise StageSkipped("TensorRT not installed") from err
+        from rtq.backends.tensorrt.compat import import_tensorrt
+
+        import_tensorrt()  # StageSkipped("TensorRT not installed") when absent
         self.onnx_path = Path(onnx_path)
         self.model = onnx.load(str(self.onnx_path))
         self.elem_types = GraphIndex(self.model).elem_type

@@ -30,6 +30,7 @@ import onnx
 import torch
 import torch.nn as nn
 
+from rtq.errors import UserError
 from rtq.export.onnx_export import RAW_OUTPUT_NAMES, export_raw_onnx, last_topk_index, raw_network
 
 LABEL_MISMATCH_COST = 1e9  # pairs of different labels are only taken when nothing else is left
@@ -253,6 +254,11 @@ def quantizer_fidelity(
         calls[match[0]] = call + 1
         pairs.append((match[0], call, source.input[0], node.output[0]))
 
+    if not pairs:
+        raise UserError(
+            f"no Q/DQ pair of {onnx_path} names a quantizer of {type(model).__name__}: pass the module that "
+            "was exported (the deploy wrapper for the deploy ONNX, `RawOutputs` for the raw ONNX)"
+        )
     wanted = sorted({t for _, _, q_in, dq_out in pairs for t in (q_in, dq_out) if t not in initializers})
     del proto.graph.output[:]
     proto.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in wanted)

@@ -68,6 +68,9 @@ def import_tensorrt() -> TensorRTModule:
         import tensorrt
     except ImportError as err:
         raise StageSkipped(TRT_MISSING) from err
+    # `tensorrt-stubs` alone leaves an importable namespace package with no bindings in it.
+    if not hasattr(tensorrt, "Builder"):
+        raise StageSkipped(TRT_MISSING)
     return cast(TensorRTModule, tensorrt)
 
 
