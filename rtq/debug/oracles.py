@@ -21,7 +21,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from rtq.debug.structure import FusionCluster, GraphIndex
-from rtq.errors import StageSkipped, UserError
+from rtq.errors import UserError
 
 FaultKind = Literal["wrong_scale", "fp16", "bf16"]
 
