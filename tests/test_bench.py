@@ -149,13 +149,17 @@ def test_report_has_setup_table_graph_breakdown_and_kept_analysis(tmp_path: Path
         {"ort_fp32": "ORT FP32", "ort_int8_modelopt": "ORT INT8"},
         {"ort_fp32": profile},
         {"ort_int8_modelopt": {"max_abs_score_diff": 0.5, "max_abs_top10_score_diff": 0.1,
-                               "mean_abs_score_diff": 0.01, "top1_label_agreement": 1.0}},
+                               "mean_abs_score_diff": 0.01, "top1_label_agreement": 1.0,
+                               "reference_top1_score": 0.8}},
         {"bench_fp32": "cache"},
         analysis=preserved_analysis(out),
     )
     assert "python -m rtq.bench --batches 1 4" in report
     assert "Test CPU" in report and "avx512_vnni yes" in report and "amx_int8 no" in report
-    assert "ORT INT8: batch 1: 0.50x, batch 4: 0.50x of ORT FP32 (misses the 1.5x goal)" in report
+    assert ("ORT INT8: batch 1: 0.50x, paired per repetition 0.50x (IQR 0.48-0.52x), "
+            "batch 4: 0.50x, paired per repetition 0.50x (IQR 0.50-0.50x) of ORT FP32 "
+            "(misses the 1.5x goal)") in report
+    assert "top-1 score averages 0.8000" in report
     assert "| ORT FP32 | 0 | 0 | 0 | 0 | 0 | 0 | 2 |" in report
     assert report.rstrip().endswith("hand-written text")
     assert preserved_analysis(tmp_path / "missing.md") == ""
