@@ -11,7 +11,7 @@ TORCH_PIN="torch==2.13.0"
 STAMP="$VENV/.rtq-setup-stamp"
 
 setup_fingerprint() {
-  { cat pyproject.toml; echo "$TORCH_PIN tensorrt-stubs"; } | sha256sum | cut -d' ' -f1
+  { cat pyproject.toml; echo "$TORCH_PIN"; } | sha256sum | cut -d' ' -f1
 }
 
 cmd_setup() {
@@ -28,8 +28,6 @@ cmd_setup() {
   echo "setup: installing rtq and its dependencies into .venv (about a minute)"
   "$PY" -m pip install --quiet --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
   "$PY" -m pip install --quiet "$TORCH_PIN" -e ".[dev]" 2>&1 | grep -v '^WARNING: Location' || true
-  # Type stubs for the TensorRT backend; their declared dependencies are NVIDIA placeholder wheels.
-  "$PY" -m pip install --quiet --no-deps "tensorrt-stubs>=10,<11" 2>&1 | grep -v '^WARNING: Location' || true
   "$PY" -c "import rtq, torch, modelopt.torch.quantization, onnx, onnx_graphsurgeon, polygraphy, onnxruntime, pycocotools, hydra" \
     || { echo "setup: the installation is incomplete (see pip's messages above)" >&2; exit 1; }
   echo "$want" > "$STAMP"
