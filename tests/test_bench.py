@@ -158,7 +158,7 @@ def test_report_has_setup_table_graph_breakdown_and_kept_analysis(tmp_path: Path
     assert "Test CPU" in report and "avx512_vnni yes" in report and "amx_int8 no" in report
     assert ("ORT INT8: batch 1: 0.50x, paired per repetition 0.50x (IQR 0.48-0.52x), "
             "batch 4: 0.50x, paired per repetition 0.50x (IQR 0.50-0.50x) of ORT FP32 "
-            "(misses the 1.5x goal)") in report
+            "(paired median misses the 1.5x goal)") in report
     assert "top-1 score averages 0.8000" in report
     assert "| ORT FP32 | 0 | 0 | 0 | 0 | 0 | 0 | 2 |" in report
     assert report.rstrip().endswith("hand-written text")
@@ -183,6 +183,8 @@ def test_parse_args_defaults_and_user_errors() -> None:
     assert parse_args(["--checkpoint", "none", "--batches", "2"]).checkpoint is None
     with pytest.raises(UserError, match="--calib-images 0"):
         parse_args(["--calib-images", "0"])
+    with pytest.raises(UserError, match="--iterations 0"):
+        parse_args(["--iterations", "0"])
     with pytest.raises(UserError, match="unknown model name"):
         parse_args(["--model", "resnet"])
 
@@ -209,3 +211,35 @@ def test_quantized_float_compute_names_the_op_that_blocks_the_fusion() -> None:
     assert profile.quantized_float_compute == {"Conv -> BatchNormalization": 1}
     assert profile.unfused_q == {"Q fed by graph input / initializer": 1}
     assert "Conv -> BatchNormalization (1)" in unfused_markdown(profile)
+
+
+def _conv_add_model(path: Path) -> Path:
+    rng = np.random.default_rng(2)
+    w1 = numpy_helper.from_array(rng.standard_normal((4, 4, 1, 1)).astype(np.float32), "w1")
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="/block/conv1"),
+        helper.make_node("Add", ["c1", "x"], ["a"], name="/head/add"),
+        helper.make_node("Sigmoid", ["a"], ["y"], name="/head/sigmoid"),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny_add",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])],
+        initializer=[w1],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_float_scopes_keep_elementwise_ops_float(tmp_path: Path) -> None:
+    fp32 = _conv_add_model(tmp_path / "tiny_add.onnx")
+    wide = ("Conv", "MatMul", "Add")
+    everything = ort_quantize_static(fp32, tmp_path / "all.onnx", _feeds(4), op_types=wide)
+    scoped = ort_quantize_static(fp32, tmp_path / "scoped.onnx", _feeds(4), op_types=wide,
+                                 float_scopes=("/head/",))
+    graphs = tmp_path / "graphs"
+    assert profile_onnxrt(everything, graphs, intra_op_threads=1).op_counts.get("QLinearAdd") == 1
+    kept = profile_onnxrt(scoped, graphs, intra_op_threads=1)
+    assert "QLinearAdd" not in kept.op_counts and kept.count("QLinearConv") == 1

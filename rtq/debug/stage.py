@@ -7,6 +7,7 @@ into the run directory, so the stage's answer can be opened without rtq.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,8 @@ from rtq.errors import UserError
 
 if TYPE_CHECKING:
     from rtq.stages import RunContext
+
+log = logging.getLogger("rtq")
 
 DEFAULTS: dict[str, Any] = {
     "oracle": "fault",  # fault: CPU fault-injection simulator | tensorrt: real engine builds
@@ -87,7 +90,7 @@ def stage_localize(ctx: RunContext) -> list[Path]:
         threshold=None if settings["threshold"] is None else float(settings["threshold"]),
         verify_equivalents=bool(settings["verify_equivalents"]),
         out_dir=out_dir,
-        name=ctx.onnx_qdq.stem,
+        name=ctx.detector.name,
     )
     ctx.row["localize"] = {
         "oracle": settings["oracle"],
@@ -99,6 +102,15 @@ def stage_localize(ctx: RunContext) -> list[Path]:
         "error_after": result.error_after,
         "report": str(out_dir / "report.md"),
     }
+    log.info(
+        "localize (%s oracle): %s, minimal set %s, %d builds for %d candidates; report %s",
+        settings["oracle"],
+        result.status,
+        result.minimal_set,
+        result.builds,
+        result.num_candidates,
+        out_dir / "report.md",
+    )
     outputs = [out_dir / "report.md", out_dir / "report.json"]
     if result.patched_onnx:
         outputs.append(Path(result.patched_onnx))

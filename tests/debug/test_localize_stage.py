@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
+from rtq.backends.tensorrt.compat import tensorrt_available
 from rtq.cache import ArtifactCache
 from rtq.debug.stage import localize_settings, stage_localize
 from rtq.errors import StageSkipped, UserError
@@ -64,12 +64,12 @@ def test_stage_writes_reports_and_row(toy_qdq_path: Path, tmp_path: Path) -> Non
     assert summary["error_after"] < summary["error_before"]
     assert 0 < summary["builds"] < summary["candidates"]
     assert found in (out_dir / "report.md").read_text()
-    assert outputs[2] == out_dir / "toy_qdq.localized.onnx"
+    assert outputs[2] == out_dir / "toy.localized.onnx"
     assert ctx.onnx == toy_qdq_path  # a simulated fix never replaces the model under test
 
 
 def test_tensorrt_oracle_without_tensorrt_skips(toy_qdq_path: Path, tmp_path: Path) -> None:
-    if importlib.util.find_spec("tensorrt") is not None:
+    if tensorrt_available():
         pytest.skip("TensorRT is installed: the stage would build engines")
     with pytest.raises(StageSkipped, match="TensorRT not installed"):
         stage_localize(_context(tmp_path, toy_qdq_path, oracle="tensorrt"))
