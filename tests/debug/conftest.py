@@ -9,8 +9,6 @@ on the same Q/DQ structure the RT-DETR export has. The RT-DETRv2 graphs are the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +18,6 @@ import torch
 from torch import nn
 
 TOY_LAYERS = 6
-# Real-model graphs are exported at 320x320: the graph's structure (every candidate and fusion
-# cluster) is the same as at 640, and each simulated build runs about 4x faster.
-RTDETR_TEST_SIZE = 320
 
 
 class _AttentionLikeBlock(nn.Module):
@@ -83,42 +78,3 @@ def toy_qdq_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def toy_qdq(toy_qdq_path: Path) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     feeds = {"images": np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)}
     return onnx.load(str(toy_qdq_path)), feeds
-
-
-@pytest.fixture(scope="session")
-def rtdetr_qdq(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """`rtdetr_qdq(name)`: random-weight RT-DETRv2 quantized with int8_default on 1 image, exported once."""
-    exported: dict[str, Path] = {}
-
-    def get(name: str) -> Path:
-        if name not in exported:
-            exported[name] = _export_rtdetr_qdq(name, tmp_path_factory.mktemp(name))
-        return exported[name]
-
-    return get
-
-
-def _export_rtdetr_qdq(name: str, folder: Path) -> Path:
-    from rtq.data.calib import CalibrationImages
-    from rtq.debug.__main__ import _data_dir, generic_feeds_rtdetr
-    from rtq.export.onnx_export import export_onnx
-    from rtq.models.postprocess import RTDETRPostProcessor
-    from rtq.models.registry import construct, get_variant
-    from rtq.models.rtdetr import RTDETRDeploy
-    from rtq.quant.calibrate import quantize_model
-    from rtq.quant.recipes import load_recipe
-
-    calib = _data_dir("coco_calib")
-    if calib is None:
-        pytest.skip("coco_calib images not found (bundled data/ or ../shared)")
-    torch.manual_seed(0)
-    # build_deploy_model at a smaller input size: the registry's variant row with input_size changed
-    variant = replace(get_variant(name), input_size=RTDETR_TEST_SIZE)
-    model = RTDETRDeploy(construct(variant).eval(), RTDETRPostProcessor(num_classes=variant.num_classes))
-    feeds = [
-        generic_feeds_rtdetr(image, RTDETR_TEST_SIZE) for image in CalibrationImages(calib, max_images=1)
-    ]
-    quantized = quantize_model(model.eval(), load_recipe("int8_default"), feeds, progress=False)
-    path = folder / f"{name}_qdq.onnx"
-    export_onnx(quantized, path, image_size=RTDETR_TEST_SIZE)
-    return path

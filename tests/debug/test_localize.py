@@ -129,7 +129,6 @@ def test_localizes_fault_in_rtdetr_r18vd(rtdetr_qdq: Callable[[str], Path], laye
     _check_rtdetr_localization(rtdetr_qdq("rtdetrv2_r18vd"), layers)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("layers", [[4], [0, 5]])
 def test_localizes_fault_in_rtdetr_r50vd(rtdetr_qdq: Callable[[str], Path], layers: list[int]) -> None:
     _check_rtdetr_localization(rtdetr_qdq("rtdetrv2_r50vd"), layers)

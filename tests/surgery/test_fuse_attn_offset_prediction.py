@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -185,39 +186,14 @@ def test_onnx_ptq_form_with_int8_initializers(exports: dict[str, Path], tmp_path
     for name, r, g in zip(first, ref, got, strict=True):
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5, err_msg=name)
 
-SHARED_IMAGES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "coco_calib"
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize(("variant", "layers"), [("rtdetrv2_r18vd", 3), ("rtdetrv2_r50vd", 6)])
-def test_real_rtdetrv2_qdq_export(variant: str, layers: int, tmp_path: Path) -> None:
-    """Random-weight RT-DETRv2, modelopt INT8 default, 2 calibration images: fuse every decoder layer."""
-    if not SHARED_IMAGES.is_dir():
-        pytest.skip(f"calibration images not found at {SHARED_IMAGES}")
-    import modelopt.torch.quantization as mtq
-    import torch
+def test_real_rtdetrv2_qdq_export(
+    variant: str, layers: int, rtdetr_qdq: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """Real RT-DETRv2 Q/DQ exports (modelopt INT8 default, random weights): fuse every decoder layer."""
+    from rtq.debug.__main__ import _images, generic_feeds
 
-    from rtq.data.calib import calibration_batches, find_calibration_images
-    from rtq.data.coco import load_rgb
-    from rtq.export.onnx_export import export_onnx
-    from rtq.models import RTDETRIO, build_deploy_model
-
-    io = RTDETRIO()
-    images = [load_rgb(p) for p in find_calibration_images(SHARED_IMAGES)[:2]]
-    feeds = list(calibration_batches(images, io, 2))
-    torch.manual_seed(0)
-    model = build_deploy_model(variant)
-    for name, module in model.named_modules():  # the official init zeroes these weights: make them count
-        if name.endswith(("sampling_offsets", "attention_weights")):
-            torch.nn.init.normal_(module.weight, std=0.02)
-
-    def forward_loop(m: torch.nn.Module) -> None:
-        with torch.no_grad():
-            for feed in feeds:
-                m(torch.from_numpy(feed["images"]), torch.from_numpy(feed["orig_target_sizes"]))
-
-    model = mtq.quantize(model, mtq.INT8_DEFAULT_CFG, forward_loop)
-    qdq = export_onnx(model, tmp_path / "qdq.onnx")
+    qdq = rtdetr_qdq(variant)
     fused_path = tmp_path / "fused.onnx"
     reports = run_passes(qdq, fused_path, ["fuse_attn_offset_prediction",
                                            {"name": "mark_extra_outputs", "options": {"preset": "both"}}])
@@ -235,7 +211,7 @@ def test_real_rtdetrv2_qdq_export(variant: str, layers: int, tmp_path: Path) -> 
     # The plugin outputs of the first layer see the same int8 query in both graphs: float-level agreement.
     marked = tmp_path / "marked.onnx"
     run_passes(qdq, marked, [{"name": "mark_extra_outputs", "options": {"preset": "both"}}])
-    feed = feeds[0]
+    feed = generic_feeds(onnx.load(str(qdq)), _images(None, 1))
     first = list(plugin_nodes[0].output)
     ref = _run(marked, feed, first)
     got = _run(to_ort_domain(fused), feed, first)
