@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from polygraphy.backend.base import BaseRunner
 
-from rtq.cache import ArtifactCache, cache_key, file_digest
+from rtq.cache import ArtifactCache, cache_key, code_digest, file_digest
 from rtq.errors import UserError, exit_on_user_error
 from rtq.evaluate.fps import FpsResult
 from rtq.evaluate.ort_profile import OrtGraphProfile, profile_onnxrt, profiles_markdown, unfused_markdown
@@ -75,16 +75,6 @@ ORT_VARIANTS: dict[str, OrtVariant] = {
         description="ORT INT8, as above but the decoder's Add/Mul/Relu/Sigmoid float",
     ),
 }
-
-
-@dataclass(frozen=True)
-class Backend:
-    """One timed column: a name, what it is, and how to make its runner."""
-
-    name: str
-    description: str
-    make_runner: Callable[[], BaseRunner]
-    onnx_path: Path | None = None
 
 
 @dataclass
@@ -237,7 +227,6 @@ class Artifacts:
     """Builds the three ONNX files once and keeps them in the artifact cache."""
 
     def __init__(self, settings: BenchSettings, torch_model: Any, io: Any) -> None:
-        import rtq
 
         self.settings = settings
         self.torch_model = torch_model
@@ -248,7 +237,7 @@ class Artifacts:
             model=settings.model,
             checkpoint=file_digest(checkpoint) if checkpoint is not None else None,
             opset=settings.opset,
-            code=rtq.__version__,
+            code=code_digest(),
         )
         self.sources: dict[str, str] = {}
 

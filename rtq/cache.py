@@ -29,6 +29,17 @@ def cache_key(**parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:20]
 
 
+def code_digest(folders: tuple[str, ...] = ("models", "quant", "export")) -> str:
+    """Digest of the rtq code that shapes a calibrated export, so edited code misses the cache."""
+    from rtq.paths import PROJECT_ROOT
+
+    digest = hashlib.sha256()
+    for folder in folders:
+        for path in sorted((PROJECT_ROOT / "rtq" / folder).rglob("*.py")):
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 class ArtifactCache:
     """A folder of cached artifacts, one sub-folder per key."""
 

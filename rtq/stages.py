@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from rtq.cache import ArtifactCache, cache_key, file_digest
+from rtq.cache import ArtifactCache, cache_key, code_digest, file_digest
 from rtq.debug.stage import stage_localize
 from rtq.errors import StageSkipped, UserError
 from rtq.models.io import DetectorIO
@@ -123,14 +123,8 @@ def _torch_export_key(ctx: RunContext) -> str:
         quant=_container(cfg.quant),
         calib=_container(cfg.data.calib) if _quant_enabled(cfg) else None,
         export=_container(cfg.export),
-        code=_code_version(),
+        code=code_digest(),
     )
-
-
-def _code_version() -> str:
-    import rtq
-
-    return rtq.__version__
 
 
 def stage_quantize(ctx: RunContext) -> list[Path]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from rtq.errors import UserError
 from rtq.models.decoder import RTDETRTransformerv2
+from rtq.models.fold import fold_batch_norms
 from rtq.models.hybrid_encoder import HybridEncoder
 from rtq.models.postprocess import RTDETRPostProcessor
 from rtq.models.presnet import PResNet
@@ -105,11 +106,20 @@ def build_model(name: str, checkpoint: str | Path | None = None) -> RTDETR:
     return model.eval()
 
 
-def build_deploy_model(name: str, checkpoint: str | Path | None = None) -> RTDETRDeploy:
-    """Export form: RepVGG fused, `forward(images, orig_target_sizes) -> (labels, boxes, scores)`."""
+def build_deploy_model(
+    name: str, checkpoint: str | Path | None = None, fold_batch_norm: bool = True
+) -> RTDETRDeploy:
+    """Export form: RepVGG fused, `forward(images, orig_target_sizes) -> (labels, boxes, scores)`.
+
+    `fold_batch_norm` also folds every Conv's BatchNorm into it, so quantization sees the weights
+    that get deployed (the reference deploy form keeps them apart; outputs agree to float rounding).
+    """
     model = build_model(name, checkpoint)
     num_classes = VARIANTS[name].num_classes
-    return RTDETRDeploy(model, RTDETRPostProcessor(num_classes=num_classes)).eval()
+    deploy = RTDETRDeploy(model, RTDETRPostProcessor(num_classes=num_classes)).eval()
+    if fold_batch_norm:
+        fold_batch_norms(deploy)
+    return deploy
 
 
 def list_models() -> list[str]:

@@ -81,8 +81,11 @@ def test_end_to_end_divergence_starts_from_float_noise(per_quantizer: dict[str, 
     first = per_quantizer["first_divergent"]
     assert first is not None, "INT8 torch and ORT now agree bit for bit: tighten the raw-output bounds"
     row = rows[first]
-    assert row["same_input_flips"] == 0 or row["end_to_end_flips"] > row["same_input_flips"]
-    assert row["input_max_abs"] < 1e-3 * row["step"]  # the inputs differed by float rounding only
+    # The first disagreement comes from float rounding of its input or from exact rounding ties
+    # (modelopt rounds x * (127/amax), ONNX Runtime x / (amax/127)), never from a systematic error.
+    assert row["input_max_abs"] < 1e-3 * row["step"]
+    assert row["same_input_flips"] <= max(1e-5 * row["elements"], 0)
+    assert row["same_input_flips"] > 0 or row["end_to_end_flips"] > 0
 
 
 def test_raw_outputs_agree_within_the_flip_cascade_bound(
