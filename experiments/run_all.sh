@@ -17,7 +17,7 @@ done
 for exp in int8_default int8_histogram int8_offsets_float int8_no_backbone int8_extra_outputs int8_fused_plugin; do
   $PY -m rtq.run experiment=$exp "${rtdetr[@]}" "${common[@]}"
 done
-for exp in yolox_fp32 yolox_int8_max yolox_int8_entropy yolox_int8_end2end; do
-  $PY -m rtq.run experiment=$exp "${common[@]}"
+for exp in yolox_fp32 yolox_int8_max yolox_int8_entropy yolox_int8_auto yolox_int8_end2end; do
+  $PY -m rtq.run experiment=$exp "results.store=$STORE" "evaluate.sweep_batches=[1,8]" "evaluate.iterations=5"
 done
 $PY -m rtq.table --store "$STORE" --out experiments/results.md --csv experiments/results.csv

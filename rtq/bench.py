@@ -71,7 +71,8 @@ ORT_VARIANTS: dict[str, OrtVariant] = {
         _WIDE, description="ORT INT8, ORT quantize_static QDQ on Conv/MatMul/Add/Mul/Relu/Sigmoid"
     ),
     "ort_int8_ortqdq_wide_dec": OrtVariant(
-        _WIDE, float_scopes=("/model/decoder/",),
+        _WIDE,
+        float_scopes=("/model/decoder/",),
         description="ORT INT8, as above but the decoder's Add/Mul/Relu/Sigmoid float",
     ),
 }
@@ -130,7 +131,7 @@ def interleaved_timing(
                 for _ in range(max(warmup - 1, 0)):
                     runners[name].infer(dict(feed), check_inputs=False)
         for i in range(iterations):
-            order = names[i % len(names):] + names[: i % len(names)]
+            order = names[i % len(names) :] + names[: i % len(names)]
             for batch, feed in feeds.items():
                 feed_dict = dict(feed)
                 for name in order:
@@ -178,8 +179,12 @@ def versions() -> dict[str, str]:
     import onnxruntime
     import torch
 
-    found = {"python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
-             "torch": torch.__version__, "onnx": onnx.__version__}
+    found = {
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+    }
     with contextlib.suppress(ImportError):
         import modelopt
 
@@ -258,7 +263,9 @@ class Artifacts:
 
         key = cache_key(**self.base_key, kind="fp32")
         return self._cached(
-            "bench_fp32", key, "model.onnx",
+            "bench_fp32",
+            key,
+            "model.onnx",
             lambda path: _discard(export_onnx(self.torch_model, path, opset=self.settings.opset)),
         )
 
@@ -297,8 +304,12 @@ class Artifacts:
     def ort_int8(self, fp32_path: Path, name: str, variant: OrtVariant) -> Path:
         """ORT-oriented variant: `quantize_static` QDQ, uint8 activations, int8 per-channel weights."""
         key = cache_key(
-            **self.base_key, kind="ort_qdq", fp32=file_digest(fp32_path), op_types=list(variant.op_types),
-            float_scopes=list(variant.float_scopes), **self._calib_key(),
+            **self.base_key,
+            kind="ort_qdq",
+            fp32=file_digest(fp32_path),
+            op_types=list(variant.op_types),
+            float_scopes=list(variant.float_scopes),
+            **self._calib_key(),
         )
 
         def build(path: Path) -> None:
@@ -315,7 +326,9 @@ def _discard(_: object) -> None:
 
 
 def ort_quantize_static(
-    fp32_path: Path, out_path: Path, feeds: Sequence[Mapping[str, np.ndarray]],
+    fp32_path: Path,
+    out_path: Path,
+    feeds: Sequence[Mapping[str, np.ndarray]],
     op_types: Sequence[str] = INTEGER_KERNEL_OPS,
     float_scopes: Sequence[str] = (),
 ) -> Path:
@@ -351,8 +364,10 @@ def ort_quantize_static(
         quant_pre_process(os.fspath(fp32_path), os.fspath(prepared), skip_symbolic_shape=True)
         graph = onnx.load(os.fspath(prepared), load_external_data=False).graph
         keep_float = [
-            node.name for node in graph.node
-            if node.op_type in op_types and node.op_type not in INTEGER_KERNEL_OPS
+            node.name
+            for node in graph.node
+            if node.op_type in op_types
+            and node.op_type not in INTEGER_KERNEL_OPS
             and any(node.name.startswith(scope) for scope in float_scopes)
         ]
         quantize_static(
@@ -484,7 +499,7 @@ def preserved_analysis(path: Path) -> str:
         return ""
     text = path.read_text()
     index = text.find(f"\n{ANALYSIS_HEADING}")
-    return text[index + 1:] if index >= 0 else ""
+    return text[index + 1 :] if index >= 0 else ""
 
 
 def render_report(
@@ -519,7 +534,8 @@ def render_report(
         f"- load average (1/5/15 min) before: {environment['load_before']}, "
         f"after: {environment['load_after']}",
         f"- versions: {vers}",
-        f"- checkpoint: `{settings.checkpoint}`" if settings.checkpoint
+        f"- checkpoint: `{settings.checkpoint}`"
+        if settings.checkpoint
         else "- checkpoint: none (random weights)",
         f"- INT8 calibration: recipe `{settings.recipe}`, first {settings.calib_images} images of "
         f"`{settings.calib_source.name}`",
@@ -596,7 +612,10 @@ def run_bench(settings: BenchSettings, command: str) -> str:
     }
     for name, path in onnx_paths.items():
         runners[name] = make_onnxrt_runner(
-            path, mode="fast", providers=["CPUExecutionProvider"], intra_op_threads=settings.threads,
+            path,
+            mode="fast",
+            providers=["CPUExecutionProvider"],
+            intra_op_threads=settings.threads,
             name=name,
         )
     descriptions = {k: v for k, v in descriptions.items() if k in runners}
@@ -630,7 +649,14 @@ def run_bench(settings: BenchSettings, command: str) -> str:
         "load_after": load_average(),
     }
     report = render_report(
-        settings, command, environment, timings, descriptions, profiles, fidelity, artifacts.sources,
+        settings,
+        command,
+        environment,
+        timings,
+        descriptions,
+        profiles,
+        fidelity,
+        artifacts.sources,
         analysis=preserved_analysis(settings.out),
     )
     settings.out.parent.mkdir(parents=True, exist_ok=True)
@@ -645,8 +671,12 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchSettings:
     defaults = BenchSettings()
     parser = argparse.ArgumentParser(prog="python -m rtq.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=defaults.model)
-    parser.add_argument("--checkpoint", type=Path, default=defaults.checkpoint,
-                        help="RT-DETRv2 .pth; 'none' for random weights")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=defaults.checkpoint,
+        help="RT-DETRv2 .pth; 'none' for random weights",
+    )
     parser.add_argument("--batches", type=int, nargs="+", default=list(defaults.batches))
     parser.add_argument("--iterations", type=int, default=defaults.iterations, help="timed repetitions")
     parser.add_argument("--warmup", type=int, default=defaults.warmup)
