@@ -17,6 +17,7 @@ the torch model computes exactly what it computed before.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ import torch.nn as nn
 from rtq.errors import UserError
 from rtq.models.io import DetectorIO
 from rtq.quant.recipes import Recipe, check_module_globs, to_quant_cfg
+
+log = logging.getLogger(__name__)
 
 Feed = Mapping[str, "np.ndarray | torch.Tensor"]
 
@@ -64,6 +67,12 @@ def make_forward_loop(batches: list[dict[str, torch.Tensor]], progress: bool) ->
     return forward_loop
 
 
+def _saw_data(calibrator: Any, histogram_type: type) -> bool:
+    if isinstance(calibrator, histogram_type):
+        return getattr(calibrator, "_calib_hist", None) is not None
+    return calibrator.compute_amax() is not None
+
+
 def _finish_histogram_calibration(model: nn.Module, method: str, percentile: float) -> None:
     """Load amax from every calibrating quantizer: histogram ones by `method`, max ones as is."""
     from modelopt.torch.quantization.calib import HistogramCalibrator
@@ -76,16 +85,15 @@ def _finish_histogram_calibration(model: nn.Module, method: str, percentile: flo
         calibrator = getattr(module, "_calibrator", None)
         if calibrator is None or getattr(module, "_dynamic", False) or not module._if_calib:
             continue
-        try:
-            if isinstance(calibrator, HistogramCalibrator):
-                module.load_calib_amax(method, **kwargs)
-            else:
-                module.load_calib_amax()
-        except RuntimeError as err:
-            raise UserError(
-                f"quantizer {name} saw no calibration data ({err}); the calibration images never reach "
-                "this module: exclude it in the recipe"
-            ) from None
+        # A quantizer the forward pass never reaches (nn.MultiheadAttention.out_proj, whose weight the
+        # attention function reads directly) has no statistics: like modelopt's own max path, leave
+        # it without an amax; it never runs, in torch or in the export.
+        if not _saw_data(calibrator, HistogramCalibrator):
+            log.debug("quantizer %s saw no calibration data; left uncalibrated", name)
+        elif isinstance(calibrator, HistogramCalibrator):
+            module.load_calib_amax(method, **kwargs)
+        else:
+            module.load_calib_amax()
         module.enable_quant()
         module.disable_calib()
 
