@@ -388,7 +388,7 @@ def _result_row(
     row: dict[str, Any] = {
         "experiment": str(cfg.experiment_name),
         "model": ctx.detector.name,
-        "weights": "random" if ctx.detector.random_weights else "checkpoint",
+        "weights": _weights_label(ctx),
         "backend": backend,
         "precision": precision,
         "recipe": str(cfg.quant.name) if quantized else "-",
@@ -404,6 +404,15 @@ def _result_row(
     if skipped:
         row["skipped"] = skipped
     return row
+
+
+def _weights_label(ctx: RunContext) -> str:
+    """'random', or the file the weights came from (checkpoint or source ONNX)."""
+    if ctx.detector.random_weights:
+        return "random"
+    if ctx.detector.source_onnx is not None:
+        return ctx.detector.source_onnx.name
+    return Path(str(ctx.cfg.model.checkpoint)).name
 
 
 def _print_row(row: dict[str, Any]) -> None:

@@ -16,7 +16,9 @@ from typing import Any
 IDENTITY_KEYS: tuple[str, ...] = ("experiment", "model", "backend", "precision", "recipe")
 # (row key, column title, format)
 COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("experiment", "Experiment", "s"),
     ("model", "Model", "s"),
+    ("weights", "Weights", "s"),
     ("backend", "Backend", "s"),
     ("precision", "Precision", "s"),
     ("recipe", "Recipe", "s"),
@@ -62,20 +64,34 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join([header, align, *body]) + "\n"
 
 
+def sweep_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Throughput of each row's batch sweep (model-only, img/s), one column per batch size."""
+    batches = sorted({int(point["batch"]) for row in rows for point in row.get("sweep") or []})
+    swept = [row for row in rows if row.get("sweep")]
+    if not batches or not swept:
+        return ""
+    header = "| Experiment | Model | Backend | Precision | " + " | ".join(f"batch {b} img/s" for b in batches)
+    lines = [header + " |", "| --- | --- | --- | --- | " + " | ".join("---:" for _ in batches) + " |"]
+    for row in swept:
+        by_batch = {int(p["batch"]): float(p["throughput"]) for p in row["sweep"]}
+        cells = [f"{by_batch[b]:.1f}" if b in by_batch else MISSING for b in batches]
+        ident = [str(row.get(k, MISSING)) for k in ("experiment", "model", "backend", "precision")]
+        lines.append("| " + " | ".join(ident + cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def render_markdown(rows: Sequence[dict[str, Any]], latest: bool = True) -> str:
-    """One section per experiment, each a table; the latest row per configuration unless `latest=False`."""
+    """The results table, then the batch-sweep throughput table; the latest row per configuration."""
     selected = latest_rows(list(rows)) if latest else list(rows)
-    experiments: dict[str, list[dict[str, Any]]] = {}
-    for row in selected:
-        experiments.setdefault(str(row.get("experiment", "") or "(no experiment)"), []).append(row)
-    sections = [f"## {name}\n\n{markdown_table(group)}" for name, group in experiments.items()]
-    return "\n".join(sections)
+    text = markdown_table(selected)
+    sweep = sweep_table(selected)
+    return text + (f"\nThroughput sweep (model-only, after warm-up):\n\n{sweep}" if sweep else "")
 
 
 def render_csv(rows: Sequence[dict[str, Any]], latest: bool = True) -> str:
     """CSV with the experiment and every table column, raw (unformatted) values."""
     selected = latest_rows(list(rows)) if latest else list(rows)
-    keys = ["experiment", *(key for key, _, _ in COLUMNS)]
+    keys = [key for key, _, _ in COLUMNS]
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()

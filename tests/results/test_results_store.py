@@ -20,6 +20,7 @@ def row(**overrides: Any) -> dict[str, Any]:
     base = {
         "experiment": "baseline",
         "model": "rtdetrv2_r18vd",
+        "weights": "random",
         "backend": "onnxruntime",
         "precision": "fp32",
         "recipe": "none",
@@ -73,13 +74,17 @@ def test_markdown_and_csv() -> None:
     table = markdown_table([row(), row(fps_model=None, recipe="a|b")])
     lines = table.strip().splitlines()
     assert lines[0] == (
-        "| Model | Backend | Precision | Recipe | AP | AP50 | FPS e2e | FPS model | Batch | Images |"
+        "| Experiment | Model | Weights | Backend | Precision | Recipe | AP | AP50 | FPS e2e | FPS model "
+        "| Batch | Images |"
     )
-    assert lines[2] == "| rtdetrv2_r18vd | onnxruntime | fp32 | none | 48.12 | 65.00 | 12.3 | 20.0 | 4 | 80 |"
+    assert lines[2] == (
+        "| baseline | rtdetrv2_r18vd | random | onnxruntime | fp32 | none "
+        "| 48.12 | 65.00 | 12.3 | 20.0 | 4 | 80 |"
+    )
     assert "| — |" in lines[3] and "a\\|b" in lines[3]
 
     doc = render_markdown([row(ap=1.0), row(ap=2.0), row(experiment="int8")])
-    assert "## baseline" in doc and "## int8" in doc
+    assert "| baseline |" in doc and "| int8 |" in doc
     assert "| 2.00 |" in doc and "| 1.00 |" not in doc
     assert "| 1.00 |" in render_markdown([row(ap=1.0), row(ap=2.0)], latest=False)
 
