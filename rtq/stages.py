@@ -327,6 +327,7 @@ def stage_compare(ctx: RunContext) -> list[Path]:
     out_dir = ctx.run_dir / "compare"
     settings = CompareSettings(
         score_threshold=float(settings_cfg.detection_score_threshold),
+        top_k=settings_cfg.get("detection_top_k"),
         layer_threshold=float(settings_cfg.layerwise_threshold),
     )
     from polygraphy.logger import G_LOGGER
