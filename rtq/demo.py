@@ -1,7 +1,8 @@
 """`./workflow.sh demo`: the main job on the bundled data, then the AP/FPS table.
 
-Runs YOLOX-Nano (real COCO weights) in FP32 and INT8 and the RT-DETRv2 `int8_extra_outputs`
-pipeline (quantize -> export -> surgery -> build -> compare -> evaluate). RT-DETRv2 uses the parity
+Runs YOLOX-Nano (real COCO weights) in FP32 and INT8, the RT-DETRv2 `int8_extra_outputs` and
+`int8_fused_plugin` pipelines (quantize -> export -> surgery -> build -> compare -> evaluate) and
+the fusion-bug localiser on a simulated faulty fusion. RT-DETRv2 uses the parity
 fixture's checkpoint when `../shared` is beside the project (synthetic weights: AP is not the point)
 and random weights otherwise; the run says which.
 """
@@ -36,6 +37,14 @@ def demo_runs(quick: bool) -> list[tuple[str, list[str]]]:
             ["experiment=yolox_int8_max", *sweep, *limit],
         ),
         ("RT-DETRv2-R18 INT8 with extra outputs", ["experiment=int8_extra_outputs", *rtdetr, *sweep, *limit]),
+        (
+            "RT-DETRv2-R18 INT8 with the fused plugin node",
+            ["experiment=int8_fused_plugin", *rtdetr, *sweep, *limit],
+        ),
+        (
+            "RT-DETRv2-R18 fusion-bug localisation (simulated faulty fusion in decoder layer 1)",
+            ["experiment=localize_fusion_bug", *rtdetr],
+        ),
     ]
 
 
