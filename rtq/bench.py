@@ -332,6 +332,26 @@ def ort_quantize_static(
     op_types: Sequence[str] = INTEGER_KERNEL_OPS,
     float_scopes: Sequence[str] = (),
 ) -> Path:
+    """`_ort_quantize_static` in a fresh process.
+
+    modelopt.onnx patches ONNX Runtime's quantization registries and functions when it runs, so
+    after any modelopt ONNX quantization in this process ORT's own `quantize_static` no longer
+    behaves as documented; a spawned process has pristine modules.
+    """
+    import multiprocessing
+
+    args = (fp32_path, out_path, [dict(feed) for feed in feeds], tuple(op_types), tuple(float_scopes))
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return Path(pool.apply(_ort_quantize_static, args))
+
+
+def _ort_quantize_static(
+    fp32_path: Path,
+    out_path: Path,
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    op_types: Sequence[str] = INTEGER_KERNEL_OPS,
+    float_scopes: Sequence[str] = (),
+) -> Path:
     """Quantize `fp32_path` the way ONNX Runtime's CPU kernels want it.
 
     uint8 asymmetric activations and int8 symmetric per-channel weights in QDQ format are the
