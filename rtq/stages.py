@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -24,9 +24,10 @@ from rtq.debug.stage import stage_localize
 from rtq.errors import StageSkipped, UserError
 from rtq.models.io import DetectorIO
 
-log = logging.getLogger("rtq")
+if TYPE_CHECKING:
+    from rtq.backends.onnxruntime import Mode as OrtMode
 
-OrtMode = Literal["reference", "fast"]
+log = logging.getLogger("rtq")
 
 
 @dataclass
@@ -292,9 +293,9 @@ def stage_build(ctx: RunContext) -> list[Path]:
 
 
 def _onnx_runner(ctx: RunContext, path: Path, name: str, mode: OrtMode) -> Any:
-    from rtq.compare.compare import onnx_runner
+    from rtq.backends.onnxruntime import make_graph_runner
 
-    return onnx_runner(path, name, ctx.run_dir / "ort", mode=mode)
+    return make_graph_runner(path, name, ctx.run_dir / "ort", mode=mode)
 
 
 def _target_runner(ctx: RunContext, mode: OrtMode) -> tuple[Any, str]:

@@ -83,21 +83,28 @@ std::vector<T> copyField(PluginField const& field, PluginFieldType expected)
     return std::vector<T>(data, data + field.length);
 }
 
-float readFloat(PluginField const& field)
+//! One scalar attribute stored as `Narrow` or `Wide` (the ONNX parser may hand either), as `Out`.
+template <typename Out, typename Narrow, typename Wide>
+Out readScalar(PluginField const& field, PluginFieldType narrow, PluginFieldType wide, char const* expected)
 {
     if (field.length != 1)
     {
         throw std::invalid_argument(std::string("attribute ") + field.name + " must be one value");
     }
-    if (field.type == PluginFieldType::kFLOAT32)
+    if (field.type == narrow)
     {
-        return *static_cast<float const*>(field.data);
+        return static_cast<Out>(*static_cast<Narrow const*>(field.data));
     }
-    if (field.type == PluginFieldType::kFLOAT64)
+    if (field.type == wide)
     {
-        return static_cast<float>(*static_cast<double const*>(field.data));
+        return static_cast<Out>(*static_cast<Wide const*>(field.data));
     }
-    throw std::invalid_argument(std::string("attribute ") + field.name + " must be FLOAT32");
+    throw std::invalid_argument(std::string("attribute ") + field.name + " must be " + expected);
+}
+
+float readFloat(PluginField const& field)
+{
+    return readScalar<float, float, double>(field, PluginFieldType::kFLOAT32, PluginFieldType::kFLOAT64, "FLOAT32");
 }
 
 std::vector<float> readFloats(PluginField const& field)
@@ -112,19 +119,8 @@ std::vector<float> readFloats(PluginField const& field)
 
 int32_t readInt(PluginField const& field)
 {
-    if (field.length != 1)
-    {
-        throw std::invalid_argument(std::string("attribute ") + field.name + " must be one value");
-    }
-    if (field.type == PluginFieldType::kINT32)
-    {
-        return *static_cast<int32_t const*>(field.data);
-    }
-    if (field.type == PluginFieldType::kINT64)
-    {
-        return static_cast<int32_t>(*static_cast<int64_t const*>(field.data));
-    }
-    throw std::invalid_argument(std::string("attribute ") + field.name + " must be INT32 or INT64");
+    return readScalar<int32_t, int32_t, int64_t>(
+        field, PluginFieldType::kINT32, PluginFieldType::kINT64, "INT32 or INT64");
 }
 
 class FusedAttnOffsetPredictionPlugin : public IPluginV3,

@@ -153,3 +153,41 @@ def make_onnxrt_runner(
         optimized_model_filepath=None if optimized_model_path is None else os.fspath(optimized_model_path),
     )
     return OnnxrtRunner(session, name=name or f"onnxrt-{mode}-{path.stem}")
+
+
+def make_graph_runner(
+    onnx_path: str | Path,
+    name: str,
+    work_dir: Path,
+    mode: Mode = "reference",
+    extra_outputs: Literal["all"] | Sequence[str] | None = None,
+) -> OnnxrtRunner:
+    """A CPU runner for any graph rtq writes, plugin nodes included.
+
+    A graph with `fused_attn_offset_prediction` nodes (TensorRT form, default domain) runs as its
+    `ai.onnx.contrib` copy, written into `work_dir`, through the plugin's reference op.
+    """
+    from plugins.fused_attn_offset_prediction.reference import OP_TYPE, ORT_DOMAIN
+
+    path = Path(onnx_path)
+    if not path.is_file():
+        raise UserError(f"ONNX model {path} does not exist; export it first or fix the path")
+    model = onnx.load(str(path))
+    uses_contrib = any(node.domain == ORT_DOMAIN for node in model.graph.node)
+    if any(node.op_type == OP_TYPE and node.domain == "" for node in model.graph.node):
+        from rtq.surgery.fuse_attn_offset_prediction import to_ort_domain
+
+        work_dir.mkdir(parents=True, exist_ok=True)
+        path = work_dir / f"{name}.{path.stem}.ort.onnx"
+        onnx.save(to_ort_domain(model), str(path))
+        uses_contrib = True
+    if uses_contrib:
+        import plugins.fused_attn_offset_prediction.ort_op  # noqa: F401  (registers the Python op)
+    return make_onnxrt_runner(
+        path,
+        mode=mode,
+        providers=["CPUExecutionProvider"],
+        extra_outputs=extra_outputs,
+        ort_extensions=uses_contrib,
+        name=name,
+    )

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from rtq.compare.compare import CompareSettings, compare_onnx, compare_runners, onnx_runner
+from rtq.backends.onnxruntime import make_graph_runner
+from rtq.compare.compare import CompareSettings, compare_onnx, compare_runners
 from rtq.errors import UserError, exit_on_user_error
 
 ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
@@ -84,11 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.images:
         feeds = image_feeds(args.images, args.num_images, args.batch_size)
     else:
-        feeds = random_feeds(onnx_runner(args.reference, "reference", out), args.num_images)
+        feeds = random_feeds(make_graph_runner(args.reference, "reference", out), args.num_images)
     if target.suffix in ENGINE_SUFFIXES:
         if args.layerwise:
             raise UserError("--layerwise needs an ONNX target (mark outputs before building the engine)")
-        reference = onnx_runner(args.reference, "reference", out)
+        reference = make_graph_runner(args.reference, "reference", out)
         report = compare_runners(reference, engine_runner(target, "target"), feeds, out, settings)
     else:
         report = compare_onnx(args.reference, target, feeds, out, settings, layerwise=args.layerwise,

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import onnx
 
+from rtq.backends.onnxruntime import make_graph_runner
 from rtq.compare.detections import DETECTION_OUTPUTS, compare_detections
 from rtq.compare.stats import error_stats, normalised_error
 from rtq.errors import UserError
@@ -157,52 +158,6 @@ def topological_tensors(model: onnx.ModelProto) -> list[str]:
     return [o for node in model.graph.node for o in node.output if o]
 
 
-def needs_plugin_ops(model: onnx.ModelProto) -> bool:
-    from plugins.fused_attn_offset_prediction.reference import OP_TYPE
-
-    return any(n.op_type == OP_TYPE and n.domain == "" for n in model.graph.node)
-
-
-def onnx_runner(path: str | Path, name: str, work_dir: Path, mode: Literal["reference", "fast"] = "reference",
-                extra_outputs: Any = None) -> Any:
-    """An ORT runner for ``path``; a model with plugin nodes runs as its ``ai.onnx.contrib`` copy."""
-    from rtq.backends.onnxruntime import make_onnxrt_runner
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"ONNX model {path} does not exist; fix --reference/--target")
-    model = onnx.load(str(path))
-    uses_contrib = any(n.domain == "ai.onnx.contrib" for n in model.graph.node)
-    if needs_plugin_ops(model):
-        from rtq.surgery.fuse_attn_offset_prediction import to_ort_domain
-
-        work_dir.mkdir(parents=True, exist_ok=True)
-        ort_path = work_dir / f"{name}.{path.stem}.ort.onnx"
-        onnx.save(to_ort_domain(model), str(ort_path))
-        path, uses_contrib = ort_path, True
-    if extra_outputs is not None:
-        path = _marked_copy(path, extra_outputs, work_dir / f"{name}.{path.stem}.marked.onnx")
-    if uses_contrib:
-        import plugins.fused_attn_offset_prediction.ort_op  # noqa: F401  (registers the Python op)
-    return make_onnxrt_runner(path, mode=mode, providers=["CPUExecutionProvider"],
-                              ort_extensions=uses_contrib, name=name)
-
-
-def _marked_copy(path: Path, extra_outputs: Any, dest: Path) -> Path:
-    """``path`` with every tensor ("all") or the named ones marked as outputs, saved to ``dest``."""
-    from polygraphy import constants
-    from polygraphy.backend.onnx import ModifyOutputs, OnnxFromPath
-
-    model = onnx.load(str(path))
-    own = [o.name for o in model.graph.output]
-    outputs = (constants.MARK_ALL if extra_outputs == "all"
-               else own + [n for n in extra_outputs if n not in own])
-    marked = ModifyOutputs(OnnxFromPath(str(path)), outputs=outputs)()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(marked, str(dest))
-    return dest
-
-
 def compare_onnx(reference: str | Path, target: str | Path, feeds: Iterable[Mapping[str, np.ndarray]],
                  out_dir: str | Path, settings: CompareSettings | None = None, layerwise: bool = False,
                  layer_regex: str | None = None,
@@ -227,7 +182,7 @@ def compare_onnx(reference: str | Path, target: str | Path, feeds: Iterable[Mapp
             extra = order
         else:
             extra = "all"
-    ref_runner = onnx_runner(reference, "reference", out, "reference", extra)
-    tgt_runner = onnx_runner(target, "target", out, target_mode, extra)
+    ref_runner = make_graph_runner(reference, "reference", out, "reference", extra)
+    tgt_runner = make_graph_runner(target, "target", out, target_mode, extra)
     return compare_runners(ref_runner, tgt_runner, feeds, out, settings, model_outputs=outputs,
                            tensor_order=order)

@@ -8,9 +8,19 @@ unfused. Folding before quantization makes the quantized weights the deployed we
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+
+def conv_bn_weights(conv: nn.Conv2d, norm: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kernel and bias of `conv` with its eval-mode BatchNorm (plain or frozen) folded in."""
+    weight, bias = fuse_conv_bn_weights(
+        conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias
+    )
+    return weight.detach(), bias.detach()
 
 
 def _is_batch_norm(module: nn.Module) -> bool:
@@ -28,11 +38,9 @@ def fold_batch_norms(model: nn.Module) -> int:
         conv, norm = getattr(module, "conv", None), getattr(module, "norm", None)
         if not isinstance(conv, nn.Conv2d) or norm is None or not _is_batch_norm(norm):
             continue
-        weight, bias = fuse_conv_bn_weights(
-            conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias
-        )
-        conv.weight = weight
-        conv.bias = bias
+        weight, bias = conv_bn_weights(conv, norm)
+        conv.weight = nn.Parameter(weight)
+        conv.bias = nn.Parameter(bias)
         module.norm = nn.Identity()
         folded += 1
     return folded

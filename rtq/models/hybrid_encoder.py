@@ -13,40 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rtq.models.presnet import make_activation
-
-
-class ConvNormLayer(nn.Module):
-    """Conv + BatchNorm + optional activation (encoder flavour: explicit padding and bias options)."""
-
-    def __init__(
-        self,
-        ch_in: int,
-        ch_out: int,
-        kernel_size: int,
-        stride: int,
-        padding: int | None = None,
-        bias: bool = False,
-        act: str | None = None,
-    ) -> None:
-        super().__init__()
-        pad = (kernel_size - 1) // 2 if padding is None else padding
-        self.conv = nn.Conv2d(ch_in, ch_out, kernel_size, stride, padding=pad, bias=bias)
-        self.norm = nn.BatchNorm2d(ch_out)
-        self.act = make_activation(act)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.norm(self.conv(x)))
-
-
-def _fuse_conv_bn(branch: ConvNormLayer) -> tuple[torch.Tensor, torch.Tensor]:
-    """Kernel and bias of the conv with its (eval-mode) BatchNorm folded in."""
-    norm = branch.norm
-    assert norm.running_mean is not None and norm.running_var is not None
-    std = (norm.running_var + norm.eps).sqrt()
-    kernel = branch.conv.weight * (norm.weight / std).reshape(-1, 1, 1, 1)
-    bias = norm.bias - norm.running_mean * norm.weight / std
-    return kernel, bias
+from rtq.models.fold import conv_bn_weights
+from rtq.models.presnet import ConvNormLayer, make_activation
 
 
 class RepVggBlock(nn.Module):
@@ -70,8 +38,8 @@ class RepVggBlock(nn.Module):
         """Replace both branches by one biased 3x3 conv computing the same function."""
         if hasattr(self, "conv"):
             return
-        k3, b3 = _fuse_conv_bn(self.conv1)
-        k1, b1 = _fuse_conv_bn(self.conv2)
+        k3, b3 = conv_bn_weights(self.conv1.conv, self.conv1.norm)
+        k1, b1 = conv_bn_weights(self.conv2.conv, self.conv2.norm)
         fused = nn.Conv2d(self.ch_in, self.ch_out, 3, 1, padding=1, bias=True).to(k3.device, k3.dtype)
         fused.weight.copy_(k3 + F.pad(k1, [1, 1, 1, 1]))
         assert fused.bias is not None

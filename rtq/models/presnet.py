@@ -99,13 +99,24 @@ def freeze_batch_norm(module: nn.Module) -> nn.Module:
 
 
 class ConvNormLayer(nn.Module):
-    """Conv (no bias) + BatchNorm + optional activation; padding keeps the size at stride 1."""
+    """Conv + BatchNorm + optional activation; by default the padding keeps the size at stride 1.
+
+    The backbone and the encoder's CCFF both use it (the encoder with explicit padding / bias).
+    """
 
     def __init__(
-        self, ch_in: int, ch_out: int, kernel_size: int, stride: int, act: str | None = None
+        self,
+        ch_in: int,
+        ch_out: int,
+        kernel_size: int,
+        stride: int,
+        act: str | None = None,
+        padding: int | None = None,
+        bias: bool = False,
     ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(ch_in, ch_out, kernel_size, stride, padding=(kernel_size - 1) // 2, bias=False)
+        pad = (kernel_size - 1) // 2 if padding is None else padding
+        self.conv = nn.Conv2d(ch_in, ch_out, kernel_size, stride, padding=pad, bias=bias)
         self.norm: nn.Module = nn.BatchNorm2d(ch_out)
         self.act = make_activation(act)
 
