@@ -250,7 +250,8 @@ def _fidelity(ctx: RunContext, onnx_path: Path) -> dict[str, float]:
 
     images = _eval_images(ctx, int(ctx.cfg.export.fidelity_images))
     feeds = [ctx.detector.io.preprocess([image])[0] for image in images]
-    result = torch_vs_onnx(ctx.detector.torch_model, onnx_path, feeds)
+    result = torch_vs_onnx(ctx.detector.torch_model, onnx_path, feeds,
+                           float64=bool(ctx.cfg.export.get("fidelity_float64", True)))
     log.info("fidelity torch vs ONNX (ORT reference mode): %s", result)
     return result
 

@@ -19,6 +19,8 @@ reports how far the outputs are apart, at three depths:
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import re
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -32,6 +34,8 @@ import torch.nn as nn
 
 from rtq.errors import UserError
 from rtq.export.onnx_export import RAW_OUTPUT_NAMES, export_raw_onnx, last_topk_index, raw_network
+from rtq.quant.float64_twin import float64_session
+from rtq.quant.onnx_arithmetic import onnx_quantizer_arithmetic
 
 LABEL_MISMATCH_COST = 1e9  # pairs of different labels are only taken when nothing else is left
 
@@ -133,6 +137,7 @@ def raw_output_fidelity(
     onnx_path: str | Path,
     feeds: Iterable[Mapping[str, np.ndarray]],
     top_k: int = 300,
+    float64: bool = False,
 ) -> dict[str, float]:
     """Torch vs ORT on raw outputs, queries realigned by `enc_topk_index` (worst case over feeds).
 
@@ -142,10 +147,30 @@ def raw_output_fidelity(
     `queries` (counts), `detections_label_mismatches` (top-k detections decoded from the raw
     outputs, paired order-independently), `detections_scores_max_abs_sorted`,
     `detections_boxes_max_abs_matched` (pixels when feeds carry `orig_target_sizes`), `images`.
+
+    `float64=True` compares a float64 copy of the network, its quantizers computing the ONNX Q/DQ
+    formula (`rtq.quant.onnx_arithmetic`), with the float64 twin of the graph
+    (`rtq.quant.float64_twin`): float noise no longer flips INT8 levels, so an exact export agrees
+    to ~1e-12 and any larger difference is the export's.
     """
     network = raw_network(model)
     network.eval()
-    session = ort_session(onnx_path)
+    arithmetic: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    dtype: type[np.floating[Any]] = np.float32
+    if float64:
+        network = copy.deepcopy(network).double()
+        session = float64_session(onnx_path)
+        arithmetic, dtype = onnx_quantizer_arithmetic(network), np.float64
+    else:
+        session = ort_session(onnx_path)
+    with arithmetic:
+        return _raw_fidelity_loop(network, session, feeds, top_k, dtype)
+
+
+def _raw_fidelity_loop(
+    network: nn.Module, session: Any, feeds: Iterable[Mapping[str, np.ndarray]], top_k: int,
+    dtype: type[np.floating[Any]],
+) -> dict[str, float]:
     device = next(network.parameters()).device
     worst = dict.fromkeys(("pred_logits_max_abs", "pred_boxes_max_abs", "detections_scores_max_abs_sorted",
                            "detections_boxes_max_abs_matched"), 0.0)
@@ -153,7 +178,7 @@ def raw_output_fidelity(
     counts = {"queries_selected_differently": 0, "queries": 0, "detections_label_mismatches": 0, "images": 0}
     common_rows = 0
     for feed in feeds:
-        images = np.asarray(feed["images"], dtype=np.float32)
+        images = np.asarray(feed["images"], dtype=dtype)
         with torch.no_grad():
             out = network(torch.as_tensor(images).to(device))
         index = last_topk_index(network)
@@ -215,7 +240,7 @@ def _quantizer_step(quantizer: Any) -> torch.Tensor:
 
 
 def quantizer_fidelity(
-    model: nn.Module, onnx_path: str | Path, feed: Mapping[str, np.ndarray]
+    model: nn.Module, onnx_path: str | Path, feed: Mapping[str, np.ndarray], onnx_arithmetic: bool = False
 ) -> dict[str, Any]:
     """Each exported Q/DQ pair vs the torch quantizer it came from, on one feed.
 
@@ -231,6 +256,9 @@ def quantizer_fidelity(
     the quantizer outputs of the two end-to-end runs), `first_divergent` (first quantizer, in graph
     order, with an end-to-end bin flip)
     and `per_pair` rows (name, input_max_abs, step, end_to_end_flips, same_input_flips).
+
+    With `onnx_arithmetic` the torch quantizers compute the ONNX Q/DQ formula
+    (`rtq.quant.onnx_arithmetic`) instead of modelopt's, so the same-input check must be exact.
     """
     from modelopt.torch.quantization.nn import TensorQuantizer
 
@@ -269,6 +297,15 @@ def quantizer_fidelity(
         inputs = {i.name: np.asarray(feed[i.name]) for i in session.get_inputs()}
         ort_values = {**initializers, **dict(zip(wanted, session.run(wanted, inputs), strict=True))}
 
+    with onnx_quantizer_arithmetic(model) if onnx_arithmetic else contextlib.nullcontext():
+        return _compare_pairs(model, pairs, inputs, ort_values, unmatched)
+
+
+def _compare_pairs(
+    model: nn.Module, pairs: list[tuple[str, int, str, str]], inputs: Mapping[str, np.ndarray],
+    ort_values: Mapping[str, np.ndarray], unmatched: int,
+) -> dict[str, Any]:
+    calls = {name for name, _, _, _ in pairs}
     seen: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     modules = dict(model.named_modules())
     handles = [modules[name].register_forward_hook(
@@ -322,13 +359,14 @@ def quantizer_fidelity(
 
 
 def torch_vs_onnx(
-    model: nn.Module, onnx_path: str | Path, feeds: Iterable[Mapping[str, np.ndarray]]
+    model: nn.Module, onnx_path: str | Path, feeds: Iterable[Mapping[str, np.ndarray]], float64: bool = True
 ) -> dict[str, float]:
     """Worst-case differences over all feeds between torch and ORT (no graph optimizations).
 
     Deploy-output keys as in `compare_detections` (label mismatches summed, the rest worst case)
     plus `images`; for an RT-DETR model also the raw-output keys of `raw_output_fidelity`, prefixed
-    `raw_`, measured on a raw export written next to nothing (a temporary directory).
+    `raw_`, measured on a raw export written next to nothing (a temporary directory), and with
+    `float64` the same keys of the float64 comparison, prefixed `raw_float64_`.
     """
     feeds = [{k: np.asarray(v) for k, v in feed.items()} for feed in feeds]
     session = ort_session(onnx_path)
@@ -348,8 +386,9 @@ def torch_vs_onnx(
         with tempfile.TemporaryDirectory(prefix="rtq_raw_") as work:
             size = int(feeds[0]["images"].shape[-1]) if feeds else 640
             raw_path = export_raw_onnx(model, Path(work) / "raw.onnx", image_size=size)
-            raw = raw_output_fidelity(model, raw_path, feeds)
-        worst.update({f"raw_{key}": value for key, value in raw.items() if key != "images"})
+            for prefix, exact in (("raw_", False), ("raw_float64_", True))[: 2 if float64 else 1]:
+                raw = raw_output_fidelity(model, raw_path, feeds, float64=exact)
+                worst.update({f"{prefix}{key}": value for key, value in raw.items() if key != "images"})
     return worst
 
 
