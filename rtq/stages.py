@@ -246,13 +246,21 @@ def _eval_images(ctx: RunContext, count: int) -> list[np.ndarray]:
 
 def _fidelity(ctx: RunContext, onnx_path: Path) -> dict[str, float]:
     """Torch fake-quant model vs its exported ONNX in ORT reference mode, on real images."""
-    from rtq.quant.fidelity import torch_vs_onnx
+    from rtq.quant.fidelity import float64_verdict, torch_vs_onnx
 
     images = _eval_images(ctx, int(ctx.cfg.export.fidelity_images))
     feeds = [ctx.detector.io.preprocess([image])[0] for image in images]
     result = torch_vs_onnx(ctx.detector.torch_model, onnx_path, feeds,
                            float64=bool(ctx.cfg.export.get("fidelity_float64", True)))
     log.info("fidelity torch vs ONNX (ORT reference mode): %s", result)
+    verdict = float64_verdict(result, float(ctx.cfg.export.get("fidelity_tolerance", 1e-4)))
+    if verdict is not None:
+        within, message = verdict
+        result["raw_float64_within_tolerance"] = float(within)
+        if within:
+            log.info(message)
+        else:
+            log.warning("%s: the exported graph does not compute what the torch model computes", message)
     return result
 
 

@@ -82,7 +82,7 @@ def test_int8_extra_outputs_runs_every_stage_but_build_and_reuses_the_calibratio
         "data.max_images=2",
         "quant.calib.max_images=2",
         "quant.calib.batch_size=2",
-        "export.fidelity_images=0",
+        "export.fidelity_images=1",
         "evaluate.sweep_batches=[]",
     ]
     proc, run_dir = run_rtq(tmp_path, *common, "compare.num_images=1")
@@ -102,6 +102,12 @@ def test_int8_extra_outputs_runs_every_stage_but_build_and_reuses_the_calibratio
     assert row["precision"] == "int8" and row["recipe"] == "int8_default"
     assert row["quantizers"]["total"] > 0
     assert any("TensorRT not installed" in s for s in row["skipped"])
+    fidelity = row["fidelity"]  # torch fake-quant vs the exported Q/DQ graph, recorded by the export stage
+    assert fidelity["raw_float64_within_tolerance"] == 1.0
+    assert fidelity["raw_float64_pred_logits_max_abs"] <= 1e-4
+    assert fidelity["raw_float64_pred_boxes_max_abs"] <= 1e-4
+    assert fidelity["raw_float64_queries_selected_differently"] == 0
+    assert "fidelity, raw outputs in float64" in proc.stderr + proc.stdout
 
     # A changed comparison setting must not re-calibrate: the calibrated ONNX comes from the cache.
     again, run_dir2 = run_rtq(tmp_path / "second", *common, "compare.num_images=2", cache=tmp_path / "cache")

@@ -392,6 +392,21 @@ def torch_vs_onnx(
     return worst
 
 
+def float64_verdict(result: Mapping[str, float], tolerance: float) -> tuple[bool, str] | None:
+    """Whether the float64 raw outputs agree within `tolerance`, and a one-line account; None without them."""
+    try:
+        logits, boxes = result["raw_float64_pred_logits_max_abs"], result["raw_float64_pred_boxes_max_abs"]
+    except KeyError:
+        return None
+    return max(logits, boxes) <= tolerance, (
+        f"fidelity, raw outputs in float64: logits {logits:.2g}, boxes {boxes:.2g} "
+        f"(tolerance {tolerance:g}); "
+        f"float32 as deployed: logits {result.get('raw_pred_logits_max_abs', float('nan')):.2g}, "
+        f"{result.get('raw_queries_selected_differently', 0):.0f}/{result.get('raw_queries', 0):.0f} queries "
+        "selected differently (INT8 levels flipped by float noise)"
+    )
+
+
 def _is_rtdetr(model: nn.Module) -> bool:
     try:
         raw_network(model)

@@ -151,3 +151,16 @@ def test_float32_raw_outputs_agree_within_the_flip_cascade_bound(quantized: Quan
     assert report["pred_logits_mean_abs"] <= 0.25
     assert report["pred_boxes_max_abs"] <= 0.03
     assert report["detections_scores_max_abs_sorted"] <= 0.05
+
+
+def test_float64_verdict_applies_the_tolerance_to_logits_and_boxes() -> None:
+    from rtq.quant.fidelity import float64_verdict
+
+    base = {"raw_pred_logits_max_abs": 1.2, "raw_queries_selected_differently": 450.0, "raw_queries": 600.0}
+    within, message = float64_verdict({**base, "raw_float64_pred_logits_max_abs": 3e-15,
+                                       "raw_float64_pred_boxes_max_abs": 5e-16}, 1e-4) or (None, "")
+    assert within is True and "logits 3e-15" in message and "450/600" in message
+    outside = float64_verdict({**base, "raw_float64_pred_logits_max_abs": 1e-6,
+                               "raw_float64_pred_boxes_max_abs": 2e-4}, 1e-4)
+    assert outside is not None and outside[0] is False
+    assert float64_verdict(base, 1e-4) is None  # no float64 comparison (not RT-DETR, or switched off)
