@@ -80,12 +80,50 @@ def sweep_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+FIDELITY_NOTE = (
+    "Export fidelity: torch fake-quant vs its Q/DQ ONNX in ONNX Runtime (reference mode), max abs difference "
+    "of raw outputs. float64 is the criterion (both sides in float64; `export.fidelity_tolerance`); float32 "
+    "is the deployed graph, where INT8 rounding flips cascade."
+)
+
+
+def _fidelity_cells(row: dict[str, Any]) -> list[str]:
+    f = row["fidelity"]
+    within = {1.0: "yes", 0.0: "**no**"}.get(f.get("raw_float64_within_tolerance", -1.0), MISSING)
+    queries = f"{int(f.get('raw_queries_selected_differently', 0))}/{int(f.get('raw_queries', 0))}"
+    return [
+        *(str(row.get(key, MISSING)) for key in ("experiment", "model", "recipe")),
+        str(int(f.get("images", 0))),
+        f"{f['raw_float64_pred_logits_max_abs']:.1e}",
+        f"{f['raw_float64_pred_boxes_max_abs']:.1e}",
+        within,
+        f"{f.get('raw_pred_logits_max_abs', 0.0):.2g}",
+        queries,
+    ]
+
+
+def fidelity_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Torch fake-quant vs exported Q/DQ ONNX on raw outputs, for rows whose export measured it."""
+    measured = [row for row in rows if "raw_float64_pred_logits_max_abs" in (row.get("fidelity") or {})]
+    if not measured:
+        return ""
+    lines = [
+        "| Experiment | Model | Recipe | Images | float64 logits | float64 boxes | within tolerance "
+        "| float32 logits | float32 queries selected differently |",
+        "| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: |",
+    ]
+    lines += ["| " + " | ".join(_fidelity_cells(row)) + " |" for row in measured]
+    return "\n".join(lines) + "\n"
+
+
 def render_markdown(rows: Sequence[dict[str, Any]], latest: bool = True) -> str:
-    """The results table, then the batch-sweep throughput table; the latest row per configuration."""
+    """The results table, then batch-sweep throughput and export fidelity; latest row per configuration."""
     selected = latest_rows(list(rows)) if latest else list(rows)
     text = markdown_table(selected)
     sweep = sweep_table(selected)
-    return text + (f"\nThroughput sweep (model-only, after warm-up):\n\n{sweep}" if sweep else "")
+    fidelity = fidelity_table(selected)
+    text += f"\nThroughput sweep (model-only, after warm-up):\n\n{sweep}" if sweep else ""
+    return text + (f"\n{FIDELITY_NOTE}\n\n{fidelity}" if fidelity else "")
 
 
 def render_csv(rows: Sequence[dict[str, Any]], latest: bool = True) -> str:

@@ -92,6 +92,19 @@ def test_markdown_and_csv() -> None:
     assert len(parsed) == 1 and parsed[0]["ap"] == "5.5" and parsed[0]["experiment"] == "baseline"
 
 
+def test_fidelity_table_lists_rows_whose_export_measured_it() -> None:
+    fidelity = {"images": 2.0, "raw_float64_pred_logits_max_abs": 2.7e-15, "raw_queries": 600.0,
+                "raw_float64_pred_boxes_max_abs": 4.4e-16, "raw_float64_within_tolerance": 1.0,
+                "raw_pred_logits_max_abs": 1.33, "raw_queries_selected_differently": 453.0}
+    doc = render_markdown([row(), row(experiment="int8", fidelity=fidelity)])
+    assert "Export fidelity" in doc
+    assert "| int8 | rtdetrv2_r18vd | none | 2 | 2.7e-15 | 4.4e-16 | yes | 1.3 | 453/600 |" in doc
+    assert "| baseline | rtdetrv2_r18vd | none | 2" not in doc  # FP32 rows were not measured
+    assert "Export fidelity" not in render_markdown([row()])
+    failed = render_markdown([row(fidelity={**fidelity, "raw_float64_within_tolerance": 0.0})])
+    assert "| **no** |" in failed
+
+
 def test_table_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store = tmp_path / "results.jsonl"
     append_to_store(store, row())
