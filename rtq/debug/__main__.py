@@ -1,4 +1,4 @@
-"""Command line: `python -m rtq.debug localize ...` and `python -m rtq.debug sensitivity ...`."""
+"""Command line: `python -m rtq.debug localize | sensitivity | fidelity ...`."""
 
 from __future__ import annotations
 
@@ -185,6 +185,30 @@ def _sensitivity(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
+def _fidelity(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from rtq.debug.fidelity import recipe_fidelity, write_fidelity_report
+
+    command = "python -m rtq.debug " + " ".join(shlex.quote(a) for a in argv)
+    calib = args.calib or _data_dir("coco_calib")
+    if calib is None:
+        raise UserError("no calibration images found: pass --calib DIR")
+    val = _data_dir("coco_val2017_mini")
+    images = _images(args.images or (str(val / "val2017") if val else None), args.num_images)
+    out = Path(args.out)
+
+    def rows() -> list[dict[str, Any]]:
+        measured = []
+        for recipe in args.recipe or ["int8_default"]:
+            print(f"measuring {args.model} with recipe {recipe} ...", flush=True)
+            measured.append(recipe_fidelity(args.model, args.checkpoint, recipe, calib, args.calib_images,
+                                            images, out))
+        return measured
+
+    text, within = write_fidelity_report(rows, out, command, args.tolerance)
+    print(text)
+    return 0 if within else 1
+
+
 def generic_feeds_rtdetr(image: np.ndarray, size: int = 640) -> dict[str, np.ndarray]:
     """RT-DETR feed of one image: `size` x `size` in 0..1 plus its (w, h)."""
     from PIL import Image
@@ -243,6 +267,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--from-json", default=None, help="reuse the ranking of an earlier run's sensitivity_<model>.json"
     )
     sen.add_argument("--out", required=True)
+
+    fid = sub.add_parser("fidelity", help="torch fake-quant vs exported Q/DQ ONNX, float64 and float32")
+    fid.add_argument("--model", default="rtdetrv2_r18vd", help="an RT-DETR variant of conf/model/")
+    fid.add_argument("--checkpoint", default=None, help="RT-DETR checkpoint (default: random weights)")
+    fid.add_argument("--recipe", action="append", help="conf/quant/ recipe (repeatable; int8_default)")
+    fid.add_argument("--calib", default=None, help="calibration image folder (default coco_calib)")
+    fid.add_argument("--calib-images", type=int, default=4)
+    fid.add_argument("--images", default=None, help="image folder compared on (default coco_val2017_mini)")
+    fid.add_argument("--num-images", type=int, default=2)
+    fid.add_argument("--tolerance", type=float, default=1e-4, help="float64 raw-output bound")
+    fid.add_argument("--out", required=True)
     return parser
 
 
@@ -252,6 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "localize":
         return _localize(args)
+    if args.command == "fidelity":
+        return _fidelity(args, argv)
     return _sensitivity(args, argv)
 
 

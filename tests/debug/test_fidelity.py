@@ -1,0 +1,92 @@
+"""`python -m rtq.debug fidelity`: the per-recipe export fidelity report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rtq.debug.__main__ import main
+from rtq.debug.fidelity import fidelity_markdown
+
+SHARED = Path(__file__).resolve().parents[3] / "shared"
+CHECKPOINT = SHARED / "fixtures" / "rtdetrv2_r18vd_parity" / "checkpoint.pth"
+
+
+def _row(**overrides: object) -> dict[str, object]:
+    row: dict[str, object] = {
+        "model": "rtdetrv2_r18vd",
+        "recipe": "int8_default",
+        "images": 2,
+        "float64_logits_max_abs": 2.7e-15,
+        "float64_boxes_max_abs": 4.4e-16,
+        "float32_logits_max_abs": 1.3,
+        "float32_boxes_max_abs": 0.019,
+        "float32_queries_selected_differently": 453,
+        "queries": 600,
+        "qdq_pairs": 211,
+        "float32_first_flip": "model.backbone.conv1.conv1_2.conv.input_quantizer",
+        "float32_flipped_levels": 22_000_000,
+        "quantizer_outputs": 91_000_000,
+    }
+    row.update(overrides)
+    return row
+
+
+def test_markdown_marks_rows_over_the_tolerance() -> None:
+    text = fidelity_markdown([_row(), _row(recipe="broken", float64_boxes_max_abs=3e-3)], "cmd", 1e-4)
+    lines = [line for line in text.splitlines() if line.startswith("| rtdetrv2")]
+    assert "| 2.7e-15 | 4.4e-16 | yes | 1.3 |" in lines[0] and "453/600" in lines[0]
+    assert "22,000,000 / 91,000,000" in lines[0]
+    assert "| **no** |" in lines[1]
+    assert "Command: `cmd`" in text
+
+
+@pytest.mark.skipif(not CHECKPOINT.is_file(), reason=f"parity checkpoint not found at {CHECKPOINT}")
+def test_command_writes_the_report_and_passes_on_an_exact_export(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "fidelity",
+            "--checkpoint",
+            str(CHECKPOINT),
+            "--recipe",
+            "int8_default",
+            "--calib-images",
+            "1",
+            "--num-images",
+            "1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    rows = json.loads((tmp_path / "fidelity.json").read_text())
+    assert [r["recipe"] for r in rows] == ["int8_default"]
+    assert rows[0]["float64_logits_max_abs"] <= 1e-4 and rows[0]["float64_boxes_max_abs"] <= 1e-4
+    assert rows[0]["qdq_pairs"] == 211
+    assert "| yes |" in (tmp_path / "fidelity.md").read_text()
+    assert "Export fidelity" in capsys.readouterr().out
+
+
+def test_unknown_recipe_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "fidelity",
+                "--recipe",
+                "int8_nothing",
+                "--calib-images",
+                "1",
+                "--num-images",
+                "1",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "int8_nothing" in err and "Traceback" not in err
+    assert not (tmp_path / "fidelity.json").exists()
