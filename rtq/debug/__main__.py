@@ -200,8 +200,8 @@ def _fidelity(args: argparse.Namespace, argv: Sequence[str]) -> int:
         measured = []
         for recipe in args.recipe or ["int8_default"]:
             print(f"measuring {args.model} with recipe {recipe} ...", flush=True)
-            measured.append(recipe_fidelity(args.model, args.checkpoint, recipe, calib, args.calib_images,
-                                            images, out))
+            row = recipe_fidelity(args.model, args.checkpoint, recipe, calib, args.calib_images, images)
+            measured.append(row)
         return measured
 
     text, within = write_fidelity_report(rows, out, command, args.tolerance)

@@ -10,6 +10,7 @@ difference far above 1e-12) from INT8 chaos (float32 only).
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -28,9 +29,8 @@ def recipe_fidelity(
     calib: str | Path,
     calib_images: int,
     eval_images: Sequence[np.ndarray],
-    work_dir: Path,
 ) -> dict[str, Any]:
-    """Calibrate, export raw, compare in float64 and float32; one flat row of numbers."""
+    """Calibrate, export raw (to a temporary file), compare in float64 and float32; one flat row."""
     from rtq.export.onnx_export import RawOutputs, export_raw_onnx, raw_network
     from rtq.models import RTDETRIO, build_deploy_model
     from rtq.quant.calibrate import calibration_feeds, quantize_model
@@ -52,12 +52,13 @@ def recipe_fidelity(
         calibration_feeds(recipe, io, calib),
         progress=False,
     )
-    raw_path = export_raw_onnx(model, work_dir / f"{model_name}.{recipe_name}.raw.onnx")
     feeds = [io.preprocess([image])[0] for image in eval_images]
-    exact = raw_output_fidelity(model, raw_path, feeds, float64=True)
-    deployed = raw_output_fidelity(model, raw_path, feeds)
-    network = RawOutputs(raw_network(model)).eval()
-    pairs = quantizer_fidelity(network, raw_path, {"images": feeds[0]["images"]})
+    with tempfile.TemporaryDirectory(prefix="rtq_fidelity_") as work:
+        raw_path = export_raw_onnx(model, Path(work) / "raw.onnx")
+        exact = raw_output_fidelity(model, raw_path, feeds, float64=True)
+        deployed = raw_output_fidelity(model, raw_path, feeds)
+        network = RawOutputs(raw_network(model)).eval()
+        pairs = quantizer_fidelity(network, raw_path, {"images": feeds[0]["images"]})
     return {
         "model": model_name,
         "recipe": recipe_name,
