@@ -95,8 +95,11 @@ class _TwinBuilder:
         source = self.producers.get(name)
         if source is not None and source.op_type == "Constant":
             return numpy_helper.to_array(source.attribute[0].t)
-        if source is not None and source.op_type in ("Cast", "Identity"):
+        if source is not None and source.op_type == "Identity":
             return self.constant_value(source.input[0], node)
+        if source is not None and source.op_type == "Cast":
+            target = helper.tensor_dtype_to_np_dtype(int(_attributes(source)["to"]))
+            return self.constant_value(source.input[0], node).astype(target)
         raise UserError(
             f"float64 twin: input `{name}` of {node.op_type} node `{node.name}` is not a constant"
         )

@@ -150,6 +150,25 @@ def test_quantize_dequantize_per_tensor_and_per_axis_including_ties() -> None:
     np.testing.assert_allclose(_run64(model, x), expected, rtol=0, atol=1e-12)
 
 
+def test_zero_point_behind_a_cast_keeps_the_cast_type() -> None:
+    """modelopt writes the zero point as a float Constant cast to INT8: the range must be INT8's."""
+    inits = [
+        numpy_helper.from_array(np.array(0.5, np.float32), "s"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "zf"),
+    ]
+    model = _model(
+        [
+            helper.make_node("Cast", ["zf"], ["z"], to=TensorProto.INT8),
+            helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+            helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"]),
+        ],
+        [1, 3],
+        inits,
+    )
+    x = np.array([[1000.0, -1000.0, 0.74]])
+    np.testing.assert_array_equal(_run64(model, x), [[63.5, -64.0, 0.5]])
+
+
 def test_input_model_is_left_unchanged_and_twin_is_valid() -> None:
     model = _model([helper.make_node("Relu", ["x"], ["y"])], [1, 4], [])
     before = model.SerializeToString()
