@@ -234,9 +234,10 @@ def _scope_key(node_name: str) -> tuple[str, ...]:
 
 
 def _quantizer_step(quantizer: Any) -> torch.Tensor:
-    """Size of one INT8 step (amax / 127), per channel when the amax is."""
+    """Size of one INT8 step (amax / 127), per channel when the amax is; 1 where amax is 0, as exported."""
     bound = 2 ** (int(quantizer.num_bits) - 1) - 1
-    return torch.as_tensor(quantizer.amax).detach().float().cpu() / bound
+    step = torch.as_tensor(quantizer.amax).detach().float().cpu() / bound
+    return torch.where(step == 0, torch.ones_like(step), step)
 
 
 def quantizer_fidelity(

@@ -24,6 +24,7 @@ Anything else without a float64 kernel ends in a `UserError` naming the operator
 
 from __future__ import annotations
 
+import fractions
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,8 +46,34 @@ def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _as_float64(tensor: onnx.TensorProto) -> onnx.TensorProto:
-    return numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float64), tensor.name)
+def intended_float64(value: float) -> float:
+    """The float64 a float32 scalar constant of the code stands for.
+
+    The exporter rounds the model's float64 constants to float32 (GELU's `x / sqrt(2)` becomes
+    `x / 1.4142135`); kept as is, each carries a 3e-8 relative error that torch in float64 does not
+    have, enough to flip an INT8 level now and then. Candidates, in order: a decimal literal of at
+    most 6 significant digits (`1e-5`), and the square root of a small fraction p/q (q <= 64).
+    A candidate is used only if it rounds to the same float32, so the graph's float32 meaning is
+    kept; anything else (a computed value) stays the float32 value.
+    """
+    single = np.float32(value)
+    exact = float(single)
+    if not math.isfinite(exact) or exact == 0.0:
+        return exact
+    mantissa = np.format_float_scientific(single, unique=True).split("e")[0]
+    digits = mantissa.lstrip("-").replace(".", "").rstrip("0")
+    square = fractions.Fraction(exact * exact).limit_denominator(64)
+    candidates = [float(np.format_float_scientific(single, unique=True))] if len(digits) <= 6 else []
+    candidates.append(math.copysign(math.sqrt(square), exact))
+    return next((c for c in candidates if np.float32(c) == single), exact)
+
+
+def _as_float64(tensor: onnx.TensorProto, scalar_from_code: bool = False) -> onnx.TensorProto:
+    """`tensor` in float64; a one-element constant the code wrote (not a weight) gets its intended value."""
+    array = numpy_helper.to_array(tensor).astype(np.float64)
+    if scalar_from_code and array.size == 1:
+        array = np.full(array.shape, intended_float64(float(array.reshape(-1)[0])))
+    return numpy_helper.from_array(array, tensor.name)
 
 
 class _TwinBuilder:
@@ -63,6 +90,12 @@ class _TwinBuilder:
         self.shapes.update({init.name: list(init.dims) for init in graph.initializer})
         self.initializers = {init.name: init for init in graph.initializer}
         self.producers = {out: node for node in graph.node for out in node.output}
+        # Constant values as exported, read by Q/DQ rewrites after the Constant nodes were retyped.
+        self.constants = {
+            node.output[0]: numpy_helper.to_array(node.attribute[0].t)
+            for node in graph.node
+            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value"
+        }
         self.keep_float32 = {
             node.input[i]
             for node in graph.node
@@ -92,9 +125,9 @@ class _TwinBuilder:
         """The value of a constant input (initializer, Constant, or Cast/Identity of one)."""
         if name in self.initializers:
             return numpy_helper.to_array(self.initializers[name])
+        if name in self.constants:
+            return self.constants[name]
         source = self.producers.get(name)
-        if source is not None and source.op_type == "Constant":
-            return numpy_helper.to_array(source.attribute[0].t)
         if source is not None and source.op_type == "Identity":
             return self.constant_value(source.input[0], node)
         if source is not None and source.op_type == "Cast":
@@ -147,7 +180,7 @@ class _TwinBuilder:
                 and attribute.t.data_type == TensorProto.FLOAT
                 and not (node.output and node.output[0] in self.keep_float32)
             ):
-                attribute.t.CopyFrom(_as_float64(attribute.t))
+                attribute.t.CopyFrom(_as_float64(attribute.t, scalar_from_code=node.op_type == "Constant"))
             elif attribute.name == "value_float" and node.op_type == "Constant":
                 value = attribute.f
                 del node.attribute[:]

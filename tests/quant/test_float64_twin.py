@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
 from rtq.errors import UserError
-from rtq.quant.float64_twin import float64_session, float64_twin
+from rtq.quant.float64_twin import float64_session, float64_twin, intended_float64
 
 
 def _model(
@@ -167,6 +167,45 @@ def test_zero_point_behind_a_cast_keeps_the_cast_type() -> None:
     )
     x = np.array([[1000.0, -1000.0, 0.74]])
     np.testing.assert_array_equal(_run64(model, x), [[63.5, -64.0, 0.5]])
+
+
+@pytest.mark.parametrize(
+    ("single", "intended"),
+    [
+        (1.4142135381698608, math.sqrt(2.0)),
+        (9.999999747378752e-06, 1e-5),
+        (0.17677669, 32**-0.5),
+        (0.5, 0.5),
+        (-1.4142135, -math.sqrt(2.0)),
+        (0.1608848, float(np.float32(0.1608848))),
+        (0.0, 0.0),
+    ],
+)
+def test_scalar_constants_get_the_value_the_code_wrote(single: float, intended: float) -> None:
+    assert intended_float64(single) == intended
+    assert np.float32(intended_float64(single)) == np.float32(single)  # the float32 meaning is kept
+
+
+def test_exported_gelu_matches_torch_gelu_in_float64() -> None:
+    """The exporter writes GELU as x * 0.5 * (1 + erf(x / 1.4142135)): sqrt(2) rounded to float32."""
+    const = [numpy_helper.from_array(np.array(v, np.float32)) for v in (math.sqrt(2.0), 1.0, 0.5)]
+    model = _model(
+        [
+            helper.make_node("Constant", [], ["c_sqrt2"], value=const[0]),
+            helper.make_node("Constant", [], ["c_one"], value=const[1]),
+            helper.make_node("Constant", [], ["c_half"], value=const[2]),
+            helper.make_node("Div", ["x", "c_sqrt2"], ["d"]),
+            helper.make_node("Erf", ["d"], ["e"]),
+            helper.make_node("Add", ["e", "c_one"], ["a"]),
+            helper.make_node("Mul", ["x", "a"], ["m"]),
+            helper.make_node("Mul", ["m", "c_half"], ["y"]),
+        ],
+        [1, 4001],
+        [],
+    )
+    x = np.linspace(-8, 8, 4001)[None]
+    expected = F.gelu(torch.as_tensor(x)).numpy()
+    np.testing.assert_allclose(_run64(model, x), expected, rtol=1e-14, atol=2e-14)  # erf to 2e-15, times |x|
 
 
 def test_input_model_is_left_unchanged_and_twin_is_valid() -> None:
