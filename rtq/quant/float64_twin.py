@@ -11,6 +11,8 @@ constant).
 The twin computes the same function as the original graph, with float tensors in float64:
 
 - float initializers, constants and `Cast(to=FLOAT)` become float64; graph inputs and outputs too;
+  a one-element constant the code wrote gets back the value the code meant (`intended_float64`:
+  GELU's `sqrt(2)`, an `eps` of `1e-5`), since torch in float64 uses that, not its float32 rounding;
 - `QuantizeLinear` becomes `Clip(Round(x / s) + z)` and `DequantizeLinear` `(q - z) * s` with the
   graph's own scales and zero points (the INT8 values are carried as integral float64);
 - operators without a float64 CPU kernel are rewritten: `Conv` (group 1, no dilation) as strided
