@@ -186,7 +186,7 @@ def _sensitivity(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _fidelity(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from rtq.debug.fidelity import recipe_fidelity, write_fidelity_report
+    from rtq.debug.fidelity_report import recipe_fidelity, write_fidelity_report
 
     command = "python -m rtq.debug " + " ".join(shlex.quote(a) for a in argv)
     calib = args.calib or _data_dir("coco_calib")

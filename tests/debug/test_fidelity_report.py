@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rtq.debug.__main__ import main
-from rtq.debug.fidelity import fidelity_markdown
+from rtq.debug.fidelity_report import fidelity_markdown
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"
 CHECKPOINT = SHARED / "fixtures" / "rtdetrv2_r18vd_parity" / "checkpoint.pth"
@@ -110,7 +110,7 @@ def test_every_shipped_torch_recipe_exports_faithfully(recipe: str) -> None:
     """The committed report's setting; int8_linear_per_axis once flipped a level on GELU's float32 sqrt(2)."""
     from PIL import Image
 
-    from rtq.debug.fidelity import recipe_fidelity
+    from rtq.debug.fidelity_report import recipe_fidelity
 
     images = [
         np.asarray(Image.open(p).convert("RGB"))
