@@ -150,19 +150,26 @@ def _sensitivity(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
         feeds_list = [generic_feeds_rtdetr(im) for im in images]
         groups_glob = sens.rtdetr_module_groups(factory())
+        if args.max_ap_drop is not None:
+            raise UserError("RT-DETR sensitivity measures fidelity: use --max-fidelity, not --max-ap-drop")
+        torch_probe = sens.TorchProbe(factory, feeds_list, groups_glob, recipe=args.recipe)
         if reused is not None:
             result = reused
         else:
-            result = sens.torch_sensitivity(factory, feeds_list, groups_glob, recipe=args.recipe)
+            result = sens.torch_sensitivity(torch_probe)
             result.model = args.model
 
         def measure(float_groups: Sequence[str]) -> sens.Metrics:
-            raise UserError(
-                "auto recipe for RT-DETR needs the pipeline's quantize stage; use the ranked table"
-            )
+            return torch_probe.measure(float_groups)
 
         def make_recipe(float_groups: list[str], description: str) -> dict[str, Any]:
-            return recipe_dict(args.auto_recipe, [groups_glob[g] for g in float_groups], description)
+            import yaml
+
+            from rtq.quant.recipes import RECIPE_DIR
+
+            base_path = RECIPE_DIR / f"{args.recipe}.yaml"
+            base = yaml.safe_load(base_path.read_text()) if base_path.is_file() else None
+            return recipe_dict(args.auto_recipe, [groups_glob[g] for g in float_groups], description, base)
     else:
         raise UserError(f"--model {args.model!r} is unknown; use yolox_nano or rtdetrv2_r18vd")
     if reused is None:

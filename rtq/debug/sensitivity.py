@@ -330,53 +330,84 @@ def rtdetr_module_groups(model: Any) -> dict[str, str]:
     return groups
 
 
-def torch_sensitivity(
-    model_factory: Callable[[], Any],
-    calib_feeds: Feeds,
-    groups: dict[str, str],
-    recipe: str = "int8_default",
-    log: Callable[[str], None] = print,
-) -> SensitivityResult:
-    """Fidelity sensitivity of a PyTorch model with modelopt fake-quant, groups as recipe exclusions."""
-    import modelopt.torch.quantization as mtq
-    import torch
+class TorchProbe:
+    """Quantizes a PyTorch model (modelopt fake-quant) with some module groups left in float.
 
-    from rtq.quant.recipes import load_recipe, to_quant_cfg
+    Fidelity only: the relative L2 error of the outputs against the FP32 model on the calibration
+    feeds (AP would need the whole evaluation per variant; the pipeline measures the chosen one).
+    """
 
-    started = time.perf_counter()
-    base = load_recipe(recipe)
-    tensors = [{k: torch.from_numpy(v) for k, v in f.items()} for f in calib_feeds]
+    def __init__(
+        self,
+        model_factory: Callable[[], Any],
+        calib_feeds: Feeds,
+        groups: dict[str, str],
+        recipe: str = "int8_default",
+        log: Callable[[str], None] = print,
+    ) -> None:
+        import torch
 
-    def outputs(model: Any) -> list[dict[str, np.ndarray]]:
+        from rtq.quant.recipes import load_recipe
+
+        self.model_factory = model_factory
+        self.calib_feeds = calib_feeds
+        self.groups = groups
+        self.recipe = recipe
+        self.base = load_recipe(recipe)
+        self.log = log
+        self.tensors = [{k: torch.from_numpy(v) for k, v in f.items()} for f in calib_feeds]
+        self.reference = self._outputs(model_factory().eval())
+
+    def _outputs(self, model: Any) -> list[dict[str, np.ndarray]]:
+        import torch
+
+        results = []
         with torch.no_grad():
-            results = []
-            for feed in tensors:
+            for feed in self.tensors:
                 out = model(**feed)
-                out = (
-                    out
-                    if isinstance(out, dict)
-                    else dict(zip(("labels", "boxes", "scores"), out, strict=False))
-                )
+                if not isinstance(out, dict):
+                    out = dict(zip(("labels", "boxes", "scores"), out, strict=False))
                 results.append({k: v.float().numpy() for k, v in out.items()})
-            return results
+        return results
 
-    reference = outputs(model_factory().eval())
+    def measure(self, float_groups: Sequence[str], tag: str | None = None) -> Metrics:
+        """Quantize everything except `float_groups` (recipe exclusions), return the fidelity."""
+        import modelopt.torch.quantization as mtq
 
-    def measure(tag: str, exclude: list[str]) -> Metrics:
-        recipe_now = type(base)(**{**asdict_shallow(base), "exclude": [*base.exclude, *exclude]})
-        cfg = to_quant_cfg(recipe_now)
-        model = mtq.quantize(model_factory().eval(), cfg, lambda m: [m(**f) for f in tensors])
-        fidelity = relative_l2(reference, outputs(model))
-        log(f"  {tag:<28} fidelity {fidelity:.4f}")
+        from rtq.quant.recipes import to_quant_cfg
+
+        if tag is None:
+            tag = "float_" + "+".join(float_groups) if float_groups else "int8_all"
+        exclude = [self.groups[g] for g in float_groups]
+        recipe_now = type(self.base)(
+            **{**asdict_shallow(self.base), "exclude": [*self.base.exclude, *exclude]}
+        )
+        try:
+            calibrate = lambda m: [m(**f) for f in self.tensors]  # noqa: E731 - modelopt's forward loop
+            model = mtq.quantize(self.model_factory().eval(), to_quant_cfg(recipe_now), calibrate)
+        except RuntimeError as error:
+            if "nothing would be quantized" not in str(error):
+                raise
+            self.log(f"  {tag:<28} nothing left to quantize: the FP32 model")
+            return Metrics(0.0)
+        fidelity = relative_l2(self.reference, self._outputs(model))
+        self.log(f"  {tag:<28} fidelity {fidelity:.4f}")
         return Metrics(fidelity)
 
-    int8 = measure("int8_all", [])
+
+def torch_sensitivity(probe: TorchProbe) -> SensitivityResult:
+    """Fidelity sensitivity of a PyTorch model: per group, quantize only it and everything but it."""
+    started = time.perf_counter()
+    int8 = probe.measure([])
     rows = []
-    for name, glob in groups.items():
-        others = [g for other, g in groups.items() if other != name]
+    for name in probe.groups:
+        others = [g for g in probe.groups if g != name]
         rows.append(
             GroupSensitivity(
-                name, 1, measure(f"only_{name}_int8", others), measure(f"only_{name}_float", [glob])
+                name,
+                1,
+                probe.measure(others, tag=f"only_{name}_int8"),
+                probe.measure([name], tag=f"only_{name}_float"),
             )
         )
     return SensitivityResult(
@@ -386,8 +417,8 @@ def torch_sensitivity(
         groups=rows,
         seconds=time.perf_counter() - started,
         settings={
-            "recipe": recipe,
-            "calibration_images": sum(len(next(iter(f.values()))) for f in calib_feeds),
+            "recipe": probe.recipe,
+            "calibration_images": sum(len(next(iter(f.values()))) for f in probe.calib_feeds),
         },
     )
 
