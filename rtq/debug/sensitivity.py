@@ -299,8 +299,12 @@ def rtdetr_module_groups(model: Any) -> dict[str, str]:
     """Module-glob groups of an RT-DETR model: backbone stages, encoder parts, decoder layers.
 
     Read from the model's own module names, so r18vd (3 decoder layers) and r50vd (6) both work.
+    `model` is the network or its deploy wrapper; the globs match either way (`model.backbone...`
+    in the wrapper), since each is used as a recipe exclusion `<glob>.*_quantizer`.
     """
-    names = [name for name, _ in model.named_modules() if name]
+    from rtq.export.onnx_export import raw_network
+
+    names = [name for name, _ in raw_network(model).named_modules() if name]
     groups: dict[str, str] = {}
 
     def add_children(prefix: str, label: str) -> None:
@@ -327,7 +331,7 @@ def rtdetr_module_groups(model: Any) -> dict[str, str]:
             add_children("encoder", "encoder")
         else:
             groups[top] = top
-    return groups
+    return {label: f"*{glob}" for label, glob in groups.items()}
 
 
 class TorchProbe:

@@ -51,3 +51,21 @@ def test_ranking_and_greedy_recipe_reach_the_fidelity_target() -> None:
     chosen = greedy_float_groups(result, probe.measure, max_fidelity=target)
     assert chosen.met and chosen.float_groups[0] == "middle"
     assert chosen.steps[-1].metrics.fidelity <= target
+
+
+def test_rtdetr_groups_of_the_deploy_model_are_valid_recipe_exclusions() -> None:
+    from rtq.debug.sensitivity import rtdetr_module_groups
+    from rtq.models.registry import build_deploy_model
+    from rtq.quant.recipes import check_module_globs, recipe_from_dict
+
+    model = build_deploy_model("rtdetrv2_r18vd", None)
+    groups = rtdetr_module_groups(model)
+    assert {f"backbone.stage.{i}" for i in range(4)} | {
+        f"decoder.layer.{i}" for i in range(3)
+    } <= groups.keys()
+    assert groups["decoder.layer.1"] == "*decoder.decoder.layers.1"
+    recipe = recipe_from_dict(
+        {"name": "all_float", "base": "INT8_DEFAULT_CFG", "exclude": list(groups.values())}
+    )
+    check_module_globs(recipe, model)  # every glob names modules of the wrapped network
+    assert rtdetr_module_groups(model.model) == groups  # the bare network gives the same groups
