@@ -152,7 +152,14 @@ def _sensitivity(args: argparse.Namespace, argv: Sequence[str]) -> int:
         groups_glob = sens.rtdetr_module_groups(factory())
         if args.max_ap_drop is not None:
             raise UserError("RT-DETR sensitivity measures fidelity: use --max-fidelity, not --max-ap-drop")
-        torch_probe = sens.TorchProbe(factory, feeds_list, groups_glob, recipe=args.recipe)
+        torch_probe = sens.TorchProbe(
+            factory,
+            feeds_list,
+            groups_glob,
+            recipe=args.recipe,
+            metric=sens.sorted_scores_l2,
+            metric_name="relative L2 error of the sorted detection scores vs FP32",
+        )
         if reused is not None:
             result = reused
         else:
