@@ -35,6 +35,22 @@ def _row(**overrides: object) -> dict[str, object]:
     return row
 
 
+def _args(out: Path, recipe: str, *extra: str) -> list[str]:
+    """One recipe, one calibration image, one compared image."""
+    return [
+        "fidelity",
+        "--recipe",
+        recipe,
+        "--calib-images",
+        "1",
+        "--num-images",
+        "1",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
 def test_markdown_marks_rows_over_the_tolerance() -> None:
     text = fidelity_markdown([_row(), _row(recipe="broken", float64_boxes_max_abs=3e-3)], "cmd", 1e-4)
     lines = [line for line in text.splitlines() if line.startswith("| rtdetrv2")]
@@ -48,21 +64,7 @@ def test_markdown_marks_rows_over_the_tolerance() -> None:
 def test_command_writes_the_report_and_passes_on_an_exact_export(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(
-        [
-            "fidelity",
-            "--checkpoint",
-            str(CHECKPOINT),
-            "--recipe",
-            "int8_default",
-            "--calib-images",
-            "1",
-            "--num-images",
-            "1",
-            "--out",
-            str(tmp_path),
-        ]
-    )
+    code = main(_args(tmp_path, "int8_default", "--checkpoint", str(CHECKPOINT)))
     assert code == 0
     rows = json.loads((tmp_path / "fidelity.json").read_text())
     assert [r["recipe"] for r in rows] == ["int8_default"]
@@ -74,19 +76,7 @@ def test_command_writes_the_report_and_passes_on_an_exact_export(
 
 def test_unknown_recipe_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main(
-            [
-                "fidelity",
-                "--recipe",
-                "int8_nothing",
-                "--calib-images",
-                "1",
-                "--num-images",
-                "1",
-                "--out",
-                str(tmp_path),
-            ]
-        )
+        main(_args(tmp_path, "int8_nothing"))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "int8_nothing" in err and "Traceback" not in err
