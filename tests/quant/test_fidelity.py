@@ -164,3 +164,18 @@ def test_float64_verdict_applies_the_tolerance_to_logits_and_boxes() -> None:
                                "raw_float64_pred_boxes_max_abs": 2e-4}, 1e-4)
     assert outside is not None and outside[0] is False
     assert float64_verdict(base, 1e-4) is None  # no float64 comparison (not RT-DETR, or switched off)
+
+
+def test_a_graph_without_float64_twin_is_recorded_not_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
+    import rtq.quant.fidelity as fidelity
+    from rtq.errors import UserError
+
+    message = "float64 twin: Conv `depthwise` has groups or dilation, which the rewrite does not cover"
+
+    def no_twin(*_args: Any, **_kwargs: Any) -> dict[str, float]:
+        raise UserError(message)
+
+    monkeypatch.setattr(fidelity, "raw_output_fidelity", no_twin)
+    keys = fidelity._float64_keys(nn.Identity(), Path("unused.onnx"), [])
+    assert keys == {"raw_float64_error": message}
+    assert fidelity.float64_verdict(keys, 1e-4) is None  # no verdict, so the stage logs no pass/fail
