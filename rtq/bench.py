@@ -36,6 +36,7 @@ from rtq.cache import ArtifactCache, cache_key, code_digest, file_digest
 from rtq.errors import UserError, exit_on_user_error
 from rtq.evaluate.fps import FpsResult
 from rtq.evaluate.ort_profile import OrtGraphProfile, profile_onnxrt, profiles_markdown, unfused_markdown
+from rtq.files import write_atomic
 from rtq.paths import PROJECT_ROOT, SHARED_DIR
 
 log = logging.getLogger(__name__)
@@ -679,10 +680,7 @@ def run_bench(settings: BenchSettings, command: str) -> str:
         artifacts.sources,
         analysis=preserved_analysis(settings.out),
     )
-    settings.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = settings.out.with_name(f".{settings.out.name}.tmp")
-    tmp_out.write_text(report)
-    os.replace(tmp_out, settings.out)
+    write_atomic(settings.out, report)
     return report
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from rtq.cache import ArtifactCache, cache_key, code_digest, file_digest
 from rtq.debug.stage import stage_localize
 from rtq.errors import StageSkipped, UserError
+from rtq.files import write_atomic
 from rtq.models.io import DetectorIO
 
 if TYPE_CHECKING:
@@ -444,10 +444,7 @@ STAGES: dict[str, StageFn] = {
 
 
 def _write_stage_log(ctx: RunContext) -> None:
-    path = ctx.run_dir / "stages.json"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps([r.__dict__ for r in ctx.records], indent=2))
-    os.replace(tmp, path)
+    write_atomic(ctx.run_dir / "stages.json", json.dumps([r.__dict__ for r in ctx.records], indent=2))
 
 
 def check_inputs(cfg: DictConfig) -> None:

@@ -66,6 +66,7 @@ class SessionFromOnnxWithOptions(BaseLoader):
         intra_op_threads: int | None = None,
         custom_op_libraries: Sequence[str] = (),
         optimized_model_filepath: str | None = None,
+        log_severity_level: int | None = None,
     ) -> None:
         self._model = model
         self.providers = list(providers)
@@ -73,6 +74,7 @@ class SessionFromOnnxWithOptions(BaseLoader):
         self.intra_op_threads = intra_op_threads
         self.custom_op_libraries = list(custom_op_libraries)
         self.optimized_model_filepath = optimized_model_filepath
+        self.log_severity_level = log_severity_level
 
     def call_impl(self) -> ort.InferenceSession:
         model = self._model() if callable(self._model) else self._model
@@ -80,6 +82,8 @@ class SessionFromOnnxWithOptions(BaseLoader):
         options.graph_optimization_level = self.graph_optimization_level
         if self.intra_op_threads is not None:
             options.intra_op_num_threads = self.intra_op_threads
+        if self.log_severity_level is not None:
+            options.log_severity_level = self.log_severity_level
         for library in self.custom_op_libraries:
             options.register_custom_ops_library(library)
         if self.optimized_model_filepath is not None:
@@ -91,6 +95,21 @@ class SessionFromOnnxWithOptions(BaseLoader):
             options.graph_optimization_level,
         )
         return ort.InferenceSession(model, sess_options=options, providers=self.providers)
+
+
+def reference_session(model: bytes | str | Path, quiet: bool = False) -> ort.InferenceSession:
+    """CPU session with every graph optimization off: ONNX semantics, Q/DQ never fused into integer kernels.
+
+    `quiet` drops ONNX Runtime's warnings (e.g. one per unused initializer of a rewritten graph).
+    """
+    source = str(model) if isinstance(model, Path) else model
+    loader = SessionFromOnnxWithOptions(
+        source,
+        ["CPUExecutionProvider"],
+        OPTIMIZATION_LEVELS["reference"],
+        log_severity_level=3 if quiet else None,
+    )
+    return loader()
 
 
 def _with_extra_outputs(onnx_path: Path, extra_outputs: Literal["all"] | Sequence[str]) -> ModifyOutputs:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from rtq.files import write_atomic
 
 STAT_COLUMNS = (
     "max_abs", "mean_abs", "median_abs", "p99_abs", "max_rel", "mean_rel", "median_rel", "p99_rel",
@@ -20,13 +20,6 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return "inf" if math.isinf(value) else ("nan" if math.isnan(value) else f"{value:.3g}")
     return str(value)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _stats_row(name: str, stats: dict[str, Any], extra: list[Any]) -> str:
@@ -76,5 +69,5 @@ def to_markdown(report: dict[str, Any]) -> str:
 def write_report(report: dict[str, Any], out_dir: Path) -> None:
     """``report.json`` (full, including every layer-wise row) and ``report.md``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out_dir / "report.json", json.dumps(report, indent=2, default=float, allow_nan=True))
-    _atomic_write(out_dir / "report.md", to_markdown(report))
+    write_atomic(out_dir / "report.json", json.dumps(report, indent=2, default=float, allow_nan=True))
+    write_atomic(out_dir / "report.md", to_markdown(report))

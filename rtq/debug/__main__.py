@@ -208,17 +208,11 @@ def _fidelity(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise UserError("no calibration images found: pass --calib DIR")
     val = _data_dir("coco_val2017_mini")
     images = _images(args.images or (str(val / "val2017") if val else None), args.num_images)
-    out = Path(args.out)
-
-    def rows() -> list[dict[str, Any]]:
-        measured = []
-        for recipe in args.recipe or ["int8_default"]:
-            print(f"measuring {args.model} with recipe {recipe} ...", flush=True)
-            row = recipe_fidelity(args.model, args.checkpoint, recipe, calib, args.calib_images, images)
-            measured.append(row)
-        return measured
-
-    text, within = write_fidelity_report(rows, out, command, args.tolerance)
+    rows = []
+    for recipe in args.recipe or ["int8_default"]:
+        print(f"measuring {args.model} with recipe {recipe} ...", flush=True)
+        rows.append(recipe_fidelity(args.model, args.checkpoint, recipe, calib, args.calib_images, images))
+    text, within = write_fidelity_report(rows, Path(args.out), command, args.tolerance)
     print(text)
     return 0 if within else 1
 

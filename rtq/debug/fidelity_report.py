@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rtq.errors import UserError
+from rtq.files import write_atomic
 
 
 def recipe_fidelity(
@@ -79,6 +79,10 @@ def recipe_fidelity(
     }
 
 
+def _within(row: dict[str, Any], tolerance: float) -> bool:
+    return max(row["float64_logits_max_abs"], row["float64_boxes_max_abs"]) <= tolerance
+
+
 def fidelity_markdown(rows: Sequence[dict[str, Any]], command: str, tolerance: float) -> str:
     """The report: one line per recipe, the float64 verdict first."""
     lines = [
@@ -96,7 +100,7 @@ def fidelity_markdown(rows: Sequence[dict[str, Any]], command: str, tolerance: f
         "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
     for r in rows:
-        within = max(r["float64_logits_max_abs"], r["float64_boxes_max_abs"]) <= tolerance
+        within = _within(r, tolerance)
         lines.append(
             f"| {r['model']} | {r['recipe']} | {r['images']} | {r['float64_logits_max_abs']:.1e} "
             f"| {r['float64_boxes_max_abs']:.1e} | {'yes' if within else '**no**'} "
@@ -108,17 +112,10 @@ def fidelity_markdown(rows: Sequence[dict[str, Any]], command: str, tolerance: f
 
 
 def write_fidelity_report(
-    rows_for: Callable[[], list[dict[str, Any]]], out: Path, command: str, tolerance: float
+    rows: Sequence[dict[str, Any]], out: Path, command: str, tolerance: float
 ) -> tuple[str, bool]:
-    """Measure, then write `fidelity.json` and `fidelity.md` under `out`; returns (markdown, all within)."""
-    out.mkdir(parents=True, exist_ok=True)
-    rows = rows_for()
-    if not rows:
-        raise UserError("no recipe to measure: pass --recipe NAME (repeatable)")
+    """Write `fidelity.json` and `fidelity.md` under `out`; returns (markdown, every row within)."""
     text = fidelity_markdown(rows, command, tolerance)
-    for name, content in (("fidelity.json", json.dumps(rows, indent=2)), ("fidelity.md", text)):
-        partial = out / f".{name}.partial"
-        partial.write_text(content)
-        partial.replace(out / name)
-    within = all(max(r["float64_logits_max_abs"], r["float64_boxes_max_abs"]) <= tolerance for r in rows)
-    return text, within
+    write_atomic(out / "fidelity.json", json.dumps(list(rows), indent=2))
+    write_atomic(out / "fidelity.md", text)
+    return text, all(_within(row, tolerance) for row in rows)

@@ -28,6 +28,7 @@ import onnx
 from rtq.debug.oracles import Oracle, mark_outputs
 from rtq.debug.structure import Candidate, find_candidates, find_fusion_clusters
 from rtq.errors import UserError
+from rtq.files import write_atomic
 
 DEFAULT_THRESHOLD_FRACTION = 0.05
 
@@ -212,12 +213,6 @@ def _stem(model: onnx.ModelProto | str | Path) -> str:
     return Path(model).stem if isinstance(model, (str, Path)) else "model"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_report(result: LocalizationResult, model: onnx.ModelProto, out_dir: Path, source_name: str) -> None:
     """Write the patched ONNX, `report.json` and `report.md` into `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -227,8 +222,8 @@ def write_report(result: LocalizationResult, model: onnx.ModelProto, out_dir: Pa
         onnx.save(mark_outputs(model, result.minimal_set), str(tmp))
         os.replace(tmp, patched)
         result.patched_onnx = str(patched)
-    _atomic_write(out_dir / "report.json", json.dumps(result.to_json(), indent=2) + "\n")
-    _atomic_write(out_dir / "report.md", render_markdown(result, source_name))
+    write_atomic(out_dir / "report.json", json.dumps(result.to_json(), indent=2) + "\n")
+    write_atomic(out_dir / "report.md", render_markdown(result, source_name))
 
 
 def render_markdown(result: LocalizationResult, source_name: str) -> str:

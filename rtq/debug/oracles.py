@@ -78,12 +78,9 @@ def mark_outputs(
 
 def _session(model: onnx.ModelProto) -> object:
     """ORT session with graph optimisations off: Q/DQ stay exact fake-quant, marking changes nothing."""
-    import onnxruntime as ort
+    from rtq.backends.onnxruntime import reference_session
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return reference_session(model.SerializeToString(), quiet=True)
 
 
 def run_model(

@@ -33,23 +33,15 @@ import onnx
 import torch
 import torch.nn as nn
 
+from rtq.backends.onnxruntime import reference_session
 from rtq.errors import UserError
 from rtq.export.onnx_export import RAW_OUTPUT_NAMES, export_raw_onnx, last_topk_index, raw_network
 from rtq.quant.float64_twin import float64_session
-from rtq.quant.onnx_arithmetic import onnx_quantizer_arithmetic
+from rtq.quant.onnx_arithmetic import exported_scale, onnx_quantizer_arithmetic
 
 log = logging.getLogger(__name__)
 
 LABEL_MISMATCH_COST = 1e9  # pairs of different labels are only taken when nothing else is left
-
-
-def ort_session(onnx_path: str | Path) -> Any:
-    """A CPU ONNX Runtime session with every graph optimization off (reference semantics)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
 
 def _torch_outputs(
@@ -165,7 +157,7 @@ def raw_output_fidelity(
         session = float64_session(onnx_path)
         arithmetic, dtype = onnx_quantizer_arithmetic(network), np.float64
     else:
-        session = ort_session(onnx_path)
+        session = reference_session(Path(onnx_path))
     with arithmetic:
         return _raw_fidelity_loop(network, session, feeds, top_k, dtype)
 
@@ -236,13 +228,6 @@ def _scope_key(node_name: str) -> tuple[str, ...]:
     return _path_key(token for segment in segments for token in segment.split("."))
 
 
-def _quantizer_step(quantizer: Any) -> torch.Tensor:
-    """Size of one INT8 step (amax / 127), per channel when the amax is; 1 where amax is 0, as exported."""
-    bound = 2 ** (int(quantizer.num_bits) - 1) - 1
-    step = torch.as_tensor(quantizer.amax).detach().float().cpu() / bound
-    return torch.where(step == 0, torch.ones_like(step), step)
-
-
 def quantizer_fidelity(
     model: nn.Module, onnx_path: str | Path, feed: Mapping[str, np.ndarray], onnx_arithmetic: bool = False
 ) -> dict[str, Any]:
@@ -297,7 +282,7 @@ def quantizer_fidelity(
     with tempfile.TemporaryDirectory(prefix="rtq_fidelity_") as work:
         marked = Path(work) / "marked.onnx"
         onnx.save(proto, str(marked))
-        session = ort_session(marked)
+        session = reference_session(marked)
         inputs = {i.name: np.asarray(feed[i.name]) for i in session.get_inputs()}
         ort_values = {**initializers, **dict(zip(wanted, session.run(wanted, inputs), strict=True))}
 
@@ -329,7 +314,7 @@ def _compare_pairs(
     with torch.no_grad():
         for name, call, q_in, dq_out in pairs:
             quantizer: Any = modules[name]
-            step = _quantizer_step(quantizer).numpy()
+            step = exported_scale(quantizer).cpu().numpy()  # one INT8 step, per channel when amax is
             ort_in = np.asarray(ort_values[q_in], dtype=np.float32)
             same_input = quantizer(torch.as_tensor(ort_in).to(device)).cpu().numpy()
             same_diff = np.abs(same_input - ort_values[dq_out]) / step
@@ -373,7 +358,7 @@ def torch_vs_onnx(
     `float64` the same keys of the float64 comparison, prefixed `raw_float64_`.
     """
     feeds = [{k: np.asarray(v) for k, v in feed.items()} for feed in feeds]
-    session = ort_session(onnx_path)
+    session = reference_session(Path(onnx_path))
     names = [out.name for out in session.get_outputs()]
     model.eval()
     worst: dict[str, float] = {}

@@ -405,13 +405,10 @@ def float64_twin(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
 
 def float64_session(model: onnx.ModelProto | str | Path) -> Any:
     """ORT CPU session (graph optimizations off) on the float64 twin of `model`."""
-    import onnxruntime as ort
+    from rtq.backends.onnxruntime import reference_session
 
     twin = float64_twin(model)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3  # the twin leaves the original scales unused: ORT warns per initializer
-    try:
-        return ort.InferenceSession(twin.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    try:  # quiet: the twin leaves the original scales unused, and ORT warns once per initializer
+        return reference_session(twin.SerializeToString(), quiet=True)
     except Exception as error:  # noqa: BLE001 - ORT reports a missing kernel as a generic failure
         raise UserError(f"float64 twin: ONNX Runtime cannot run it: {str(error).splitlines()[0]}") from error

@@ -21,19 +21,26 @@ import torch.nn as nn
 BACKEND = "rtq_onnx_qdq"
 
 
+def _top_level(quantizer: Any) -> int:
+    return (1 << (int(quantizer.num_bits) - 1 + int(bool(quantizer.unsigned)))) - 1
+
+
+def exported_scale(quantizer: Any) -> torch.Tensor:
+    """The float32 scale modelopt's INT8 export writes: `amax / (2**(bits-1) - 1)`, a zero amax -> 1."""
+    scale = torch.as_tensor(quantizer.amax).detach().to(torch.float32) / _top_level(quantizer)
+    return torch.where(scale == 0, torch.ones_like(scale), scale)
+
+
 def onnx_fake_quant(inputs: torch.Tensor, quantizer: Any) -> torch.Tensor:
     """`DequantizeLinear(QuantizeLinear(inputs))` with the scale and range the export writes.
 
-    Scale: `float32(amax) / (2**(bits-1) - 1)` (zero amax -> 1), as modelopt's INT8 export computes
-    it; saturation: the full INT8/UINT8 range, as ONNX QuantizeLinear saturates; rounding: half to
-    even; everything in the input's dtype, so a float64 model stays float64.
+    Scale: `exported_scale`; saturation: the full INT8/UINT8 range, as ONNX QuantizeLinear
+    saturates; rounding: half to even; everything in the input's dtype, so a float64 model stays
+    float64.
     """
-    bits = int(quantizer.num_bits)
-    unsigned = bool(quantizer.unsigned)
-    top = (1 << (bits - 1 + int(unsigned))) - 1
-    bottom = 0 if unsigned else -top - 1
-    scale = torch.as_tensor(quantizer.amax).to(inputs.device, torch.float32) / top
-    scale = torch.where(scale == 0, torch.ones_like(scale), scale).to(inputs.dtype)
+    top = _top_level(quantizer)
+    bottom = 0 if quantizer.unsigned else -top - 1
+    scale = exported_scale(quantizer).to(inputs.device, inputs.dtype)
     return torch.clamp(torch.round(inputs / scale), bottom, top) * scale
 
 

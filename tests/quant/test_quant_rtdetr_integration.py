@@ -19,10 +19,10 @@ def test_r18vd_int8_export_runs_in_ort(tmp_path: Path) -> None:
         pytest.skip(f"shared fixtures absent: {CHECKPOINT.parent} / {CALIB}")
     from dataclasses import replace
 
+    from rtq.backends.onnxruntime import reference_session
     from rtq.export.onnx_export import export_onnx, qdq_node_counts
     from rtq.models import RTDETRIO, build_deploy_model
     from rtq.quant.calibrate import calibration_feeds, quantize_model
-    from rtq.quant.fidelity import ort_session
     from rtq.quant.recipes import load_recipe
     from rtq.quant.summary import quantizer_summary
 
@@ -43,7 +43,7 @@ def test_r18vd_int8_export_runs_in_ort(tmp_path: Path) -> None:
     counts = qdq_node_counts(proto)
     assert counts["QuantizeLinear"] == counts["DequantizeLinear"] > 150
 
-    session = ort_session(path)
+    session = reference_session(path)
     batch = {k: np.concatenate([v, v[::-1]]) for k, v in feeds[0].items()}  # 4 images
     labels, boxes, scores = session.run(["labels", "boxes", "scores"], batch)
     assert scores.shape[0] == boxes.shape[0] == labels.shape[0] == 4

@@ -19,6 +19,7 @@ from typing import Any
 
 from rtq.backends.tensorrt import compat
 from rtq.errors import UserError
+from rtq.files import write_atomic
 
 Shape = tuple[int, ...]
 DEFAULT_WORKSPACE_BYTES = 4 << 30
@@ -238,12 +239,6 @@ def read_build_info(engine_path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
 def build_engine(
     onnx_path: Path,
     out_path: Path,
@@ -290,7 +285,7 @@ def build_engine(
         "python_plugin": python_plugin,
         "seconds": round(time.perf_counter() - started, 3),
     }
-    _write_atomic(build_info_path(out_path), json.dumps(info, indent=2).encode())
+    write_atomic(build_info_path(out_path), json.dumps(info, indent=2).encode())
     return out_path
 
 
@@ -336,8 +331,8 @@ def _build(
     if config.timing_cache is not None:
         config.timing_cache.parent.mkdir(parents=True, exist_ok=True)
     engine_bytes = EngineBytesFromNetwork(network, config=builder_config, save_timing_cache=timing_cache)()
-    _write_atomic(out_path, bytes(engine_bytes))
+    write_atomic(out_path, bytes(engine_bytes))
 
     engine = EngineFromBytes(bytes(engine_bytes))()
     layers = compat.engine_information(trt, engine)
-    _write_atomic(layers_json_path(out_path), json.dumps(layers, indent=2).encode())
+    write_atomic(layers_json_path(out_path), json.dumps(layers, indent=2).encode())
