@@ -20,13 +20,8 @@ import torch
 import torch.nn as nn
 
 from rtq.errors import UserError
+from rtq.models.io import DETECTION_INPUTS, DETECTION_OUTPUTS
 
-INPUT_NAMES = ("images", "orig_target_sizes")
-OUTPUT_NAMES = ("labels", "boxes", "scores")
-# The network before post-processing: logits and boxes of every query, and which memory
-# positions the encoder's top-k picked as queries (so rows can be realigned across backends).
-RAW_INPUT_NAMES = ("images",)
-RAW_OUTPUT_NAMES = ("pred_logits", "pred_boxes", "enc_topk_index")
 BATCH_DIM = "N"
 EXAMPLE_BATCH = 2  # not 1: a traced size-1 dimension is easy to specialise by accident
 
@@ -145,43 +140,7 @@ def _quiet_export() -> Iterator[None]:
         yield
 
 
-class RawOutputs(nn.Module):
-    """`images -> (pred_logits, pred_boxes, enc_topk_index)` of an RT-DETR network.
-
-    The network is registered as `model`, like in the deploy wrapper, so quantizer node names in
-    the raw export (`/model/backbone/...`) are those of the deploy export.
-    """
-
-    def __init__(self, network: nn.Module) -> None:
-        super().__init__()
-        self.model = network
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        outputs = self.model(images)
-        return outputs["pred_logits"], outputs["pred_boxes"], last_topk_index(self.model)
-
-
-def last_topk_index(network: nn.Module) -> torch.Tensor:
-    """The memory positions the decoder selected as queries in the network's last forward."""
-    index = getattr(getattr(network, "decoder", None), "last_enc_topk_index", None)
-    if not isinstance(index, torch.Tensor):
-        raise RuntimeError("the network has not run a forward pass yet: no enc_topk_index to read")
-    return index
-
-
-def raw_network(model: nn.Module) -> nn.Module:
-    """The RT-DETR network inside a deploy wrapper (or the network itself)."""
-    for candidate in (model, getattr(model, "model", None)):
-        decoder = getattr(candidate, "decoder", None) if candidate is not None else None
-        if isinstance(candidate, nn.Module) and hasattr(decoder, "last_enc_topk_index"):
-            return candidate
-    raise UserError(
-        f"{type(model).__name__} is not an RT-DETR network or deploy wrapper; raw outputs "
-        "(pred_logits, pred_boxes, enc_topk_index) exist only for RT-DETR models"
-    )
-
-
-def _export(
+def export_module(
     model: nn.Module,
     inputs: tuple[torch.Tensor, ...],
     path: Path,
@@ -190,7 +149,7 @@ def _export(
     dynamic_batch: bool,
     simplify: bool,
 ) -> Path:
-    """TorchScript export to a temporary name, checks, then rename (no partial files)."""
+    """TorchScript export of any module to a temporary name, checks, then rename (no partial files)."""
     input_names, output_names = names
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
@@ -240,21 +199,7 @@ def export_onnx(
 ) -> Path:
     """Export a deploy model `(images, orig_target_sizes) -> (labels, boxes, scores)` to `path`."""
     inputs = example_inputs(image_size, EXAMPLE_BATCH if dynamic_batch else 1)
-    return _export(model, inputs, Path(path), (INPUT_NAMES, OUTPUT_NAMES), opset, dynamic_batch, simplify)
-
-
-def export_raw_onnx(model: nn.Module, path: str | Path, image_size: int = 640, opset: int = 17) -> Path:
-    """Export `images -> (pred_logits, pred_boxes, enc_topk_index)` of an RT-DETR model to `path`.
-
-    `model` is the deploy wrapper or the network (FP32 or fake-quant); the network is shared, not
-    copied. Post-processing is left out so that fidelity can be measured on the raw outputs.
-    """
-    wrapper = RawOutputs(raw_network(model))
-    inputs = example_inputs(image_size, EXAMPLE_BATCH)[:1]
-    try:
-        return _export(wrapper, inputs, Path(path), (RAW_INPUT_NAMES, RAW_OUTPUT_NAMES), opset, True, False)
-    finally:
-        wrapper.model.eval()  # export restores the wrapper's (training) mode on the shared network
+    return export_module(model, inputs, Path(path), (DETECTION_INPUTS, DETECTION_OUTPUTS), opset, dynamic_batch, simplify)
 
 
 def qdq_node_counts(model: onnx.ModelProto | str | Path) -> dict[str, int]:

@@ -10,14 +10,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from rtq.models.registry import build_deploy_model, build_model, list_models
+    from rtq.models.build import build_deploy_model, build_model
+    from rtq.models.registry import list_models
     from rtq.models.rtdetr import RTDETRIO
 
 __all__ = ["RTDETRIO", "build_deploy_model", "build_model", "list_models"]
 
 _HOMES = {
-    "build_model": "rtq.models.registry",
-    "build_deploy_model": "rtq.models.registry",
+    "build_model": "rtq.models.build",
+    "build_deploy_model": "rtq.models.build",
     "list_models": "rtq.models.registry",
     "RTDETRIO": "rtq.models.rtdetr",
 }

@@ -12,6 +12,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+# The feed and output names every runner uses (see docs/DESIGN.md, "Feeds").
+DETECTION_INPUTS = ("images", "orig_target_sizes")
+DETECTION_OUTPUTS = ("labels", "boxes", "scores")
+
 
 @dataclass
 class ImageMeta:

@@ -1,4 +1,4 @@
-"""RT-DETRv2 variants as data, and the builders the rest of rtq uses.
+"""RT-DETRv2 variants as data, and the constructor of a (randomly initialised) network per variant.
 
 Each row mirrors one official config (`configs/rtdetrv2/*.yml` of lyuwenyu/RT-DETR); the `_dsp`
 rows differ from their twins only in the cross-attention sampling method.
@@ -6,19 +6,13 @@ rows differ from their twins only in the cross-attention sampling method.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from rtq.errors import UserError
 from rtq.models.decoder import RTDETRTransformerv2
-from rtq.models.fold import fold_batch_norms
 from rtq.models.hybrid_encoder import HybridEncoder
-from rtq.models.postprocess import RTDETRPostProcessor
 from rtq.models.presnet import PResNet
-from rtq.models.rtdetr import RTDETR, RTDETRDeploy
-
-log = logging.getLogger(__name__)
+from rtq.models.rtdetr import RTDETR
 
 
 @dataclass(frozen=True)
@@ -91,37 +85,6 @@ def construct(variant: RTDETRVariant) -> RTDETR:
     return RTDETR(backbone, encoder, decoder)
 
 
-def build_model(name: str, checkpoint: str | Path | None = None) -> RTDETR:
-    """RT-DETRv2 `name` in eval mode: `forward(images) -> {"pred_logits", "pred_boxes"}`.
-
-    Without a checkpoint the weights are the random initialisation (useful for graph work only).
-    """
-    from rtq.models.checkpoint import load_checkpoint
-
-    model = construct(get_variant(name))
-    if checkpoint is None:
-        log.info("model %s: no checkpoint given, weights are the random initialisation", name)
-    else:
-        load_checkpoint(model, checkpoint, name)
-    return model.eval()
-
-
-def build_deploy_model(
-    name: str, checkpoint: str | Path | None = None, fold_batch_norm: bool = True
-) -> RTDETRDeploy:
-    """Export form: RepVGG fused, `forward(images, orig_target_sizes) -> (labels, boxes, scores)`.
-
-    `fold_batch_norm` also folds every Conv's BatchNorm into it, so quantization sees the weights
-    that get deployed (the reference deploy form keeps them apart; outputs agree to float rounding).
-    """
-    model = build_model(name, checkpoint)
-    num_classes = VARIANTS[name].num_classes
-    deploy = RTDETRDeploy(model, RTDETRPostProcessor(num_classes=num_classes)).eval()
-    if fold_batch_norm:
-        fold_batch_norms(deploy)
-    return deploy
-
-
 def list_models() -> list[str]:
-    """Every name `build_model` accepts."""
+    """Every variant name `rtq.models.build.build_model` accepts."""
     return sorted(VARIANTS)

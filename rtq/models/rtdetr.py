@@ -1,4 +1,4 @@
-"""Top-level RT-DETRv2 module, its deploy wrapper, and the `DetectorIO` that feeds it.
+"""Top-level RT-DETRv2 module, its deploy and raw-output wrappers, and the `DetectorIO` that feeds it.
 
 `RTDETR` registers its children in the official order (backbone, decoder, encoder) so that
 `state_dict()` lists keys exactly like the released checkpoints.
@@ -14,7 +14,8 @@ from PIL import Image
 from torch import nn
 
 from rtq.models.decoder import RTDETRTransformerv2
-from rtq.models.io import Detections, ImageMeta
+from rtq.errors import UserError
+from rtq.models.io import DETECTION_INPUTS, DETECTION_OUTPUTS, Detections, ImageMeta
 from rtq.models.postprocess import RTDETRPostProcessor
 
 
@@ -60,12 +61,54 @@ class RTDETRDeploy(nn.Module):
         return self.postprocessor.select(self.model(images), orig_target_sizes)
 
 
+# The network before post-processing: logits and boxes of every query, and which memory
+# positions the encoder's top-k picked as queries (so rows can be realigned across backends).
+RAW_INPUT_NAMES = ("images",)
+RAW_OUTPUT_NAMES = ("pred_logits", "pred_boxes", "enc_topk_index")
+
+
+class RawOutputs(nn.Module):
+    """`images -> (pred_logits, pred_boxes, enc_topk_index)` of an RT-DETR network.
+
+    The network is registered as `model`, like in the deploy wrapper, so quantizer node names in
+    the raw export (`/model/backbone/...`) are those of the deploy export.
+    """
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.model = network
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        outputs = self.model(images)
+        return outputs["pred_logits"], outputs["pred_boxes"], last_topk_index(self.model)
+
+
+def last_topk_index(network: nn.Module) -> torch.Tensor:
+    """The memory positions the decoder selected as queries in the network's last forward."""
+    index = getattr(getattr(network, "decoder", None), "last_enc_topk_index", None)
+    if not isinstance(index, torch.Tensor):
+        raise RuntimeError("the network has not run a forward pass yet: no enc_topk_index to read")
+    return index
+
+
+def raw_network(model: nn.Module) -> nn.Module:
+    """The RT-DETR network inside a deploy wrapper (or the network itself)."""
+    for candidate in (model, getattr(model, "model", None)):
+        decoder = getattr(candidate, "decoder", None) if candidate is not None else None
+        if isinstance(candidate, nn.Module) and hasattr(decoder, "last_enc_topk_index"):
+            return candidate
+    raise UserError(
+        f"{type(model).__name__} is not an RT-DETR network or deploy wrapper; raw outputs "
+        "(pred_logits, pred_boxes, enc_topk_index) exist only for RT-DETR models"
+    )
+
+
 class RTDETRIO:
     """Official RT-DETR preprocessing: PIL bilinear resize to 640x640 (no aspect keep), RGB, /255."""
 
     input_size: int = 640
-    input_names: tuple[str, ...] = ("images", "orig_target_sizes")
-    output_names: tuple[str, ...] = ("labels", "boxes", "scores")
+    input_names: tuple[str, ...] = DETECTION_INPUTS
+    output_names: tuple[str, ...] = DETECTION_OUTPUTS
 
     def __init__(self, input_size: int = 640) -> None:
         self.input_size = input_size
@@ -100,8 +143,20 @@ class RTDETRIO:
         ]
 
 
-def list_models() -> list[str]:
-    """Names accepted by `build_model` (the variant table lives in `rtq.models.registry`)."""
-    from rtq.models.registry import VARIANTS
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return np.asarray(1.0 / (1.0 + np.exp(-x.astype(np.float64))))
 
-    return sorted(VARIANTS)
+
+def decode_raw(
+    logits: np.ndarray, boxes: np.ndarray, size_wh: np.ndarray | None, top_k: int = 300
+) -> dict[str, np.ndarray]:
+    """Deploy-style detections of one image from raw outputs: top-k (query, class), xyxy boxes."""
+    num_classes = logits.shape[-1]
+    probs = _sigmoid(logits).reshape(-1)
+    order = np.argsort(-probs, kind="stable")[: min(top_k, probs.size)]
+    query, labels = np.divmod(order, num_classes)
+    cx, cy, w, h = (boxes[query, i].astype(np.float64) for i in range(4))
+    xyxy = np.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], axis=-1)
+    if size_wh is not None:
+        xyxy = xyxy * np.tile(np.asarray(size_wh, dtype=np.float64), 2)
+    return {"labels": labels[None], "boxes": xyxy[None], "scores": probs[order][None]}

@@ -1,0 +1,1 @@
+"""The detector families rtq knows (registered by name in `rtq.models.family.FAMILIES`)."""
