@@ -18,7 +18,7 @@ import torch
 from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 
-DEFAULT_OUTPUT_NAMES = ("labels", "boxes", "scores")
+from rtq.models.io import DETECTION_OUTPUTS
 
 
 def detector_input_metadata() -> TensorMetadata:
@@ -49,7 +49,7 @@ class TorchRunner(BaseRunner):
         self,
         model: torch.nn.Module,
         input_metadata: TensorMetadata,
-        output_names: Sequence[str] = DEFAULT_OUTPUT_NAMES,
+        output_names: Sequence[str] = DETECTION_OUTPUTS,
         num_threads: int | None = None,
         name: str | None = None,
     ) -> None:
@@ -103,7 +103,7 @@ class TorchRunner(BaseRunner):
 
 def make_torch_runner(
     model: torch.nn.Module,
-    output_names: Sequence[str] = DEFAULT_OUTPUT_NAMES,
+    output_names: Sequence[str] = DETECTION_OUTPUTS,
     num_threads: int | None = None,
     input_metadata: TensorMetadata | None = None,
     name: str | None = None,

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-DETECTION_OUTPUTS = ("labels", "boxes", "scores")
+from rtq.models.io import DETECTION_OUTPUTS
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

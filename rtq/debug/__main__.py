@@ -142,14 +142,15 @@ def _sensitivity(args: argparse.Namespace, argv: Sequence[str]) -> int:
     elif args.model.startswith("rtdetrv2_"):
         import torch
 
-        from rtq.models.registry import build_deploy_model
+        from rtq.models.build import build_deploy_model
+        from rtq.models.families.rtdetr import rtdetr_module_groups
 
         def factory() -> torch.nn.Module:
             torch.manual_seed(0)
             return build_deploy_model(args.model, args.checkpoint)
 
         feeds_list = [generic_feeds_rtdetr(im) for im in images]
-        groups_glob = sens.rtdetr_module_groups(factory())
+        groups_glob = rtdetr_module_groups(factory())
         if args.max_ap_drop is not None:
             raise UserError("RT-DETR sensitivity measures fidelity: use --max-fidelity, not --max-ap-drop")
         torch_probe = sens.TorchProbe(

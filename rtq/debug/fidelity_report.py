@@ -31,8 +31,9 @@ def recipe_fidelity(
     eval_images: Sequence[np.ndarray],
 ) -> dict[str, Any]:
     """Calibrate, export raw (to a temporary file), compare in float64 and float32; one flat row."""
-    from rtq.export.onnx_export import RawOutputs, export_raw_onnx, raw_network
+    from rtq.export.onnx_export import export_raw_onnx
     from rtq.models import RTDETRIO, build_deploy_model
+    from rtq.models.rtdetr import RawOutputs, raw_network
     from rtq.quant.calibrate import calibration_feeds, quantize_model
     from rtq.quant.fidelity import quantizer_fidelity, raw_output_fidelity
     from rtq.quant.recipes import load_recipe
@@ -54,7 +55,7 @@ def recipe_fidelity(
     )
     feeds = [io.preprocess([image])[0] for image in eval_images]
     with tempfile.TemporaryDirectory(prefix="rtq_fidelity_") as work:
-        raw_path = export_raw_onnx(model, Path(work) / "raw.onnx")
+        raw_path = export_raw_onnx(RawOutputs(raw_network(model)), Path(work) / "raw.onnx")
         exact = raw_output_fidelity(model, raw_path, feeds, float64=True)
         deployed = raw_output_fidelity(model, raw_path, feeds)
         network = RawOutputs(raw_network(model)).eval()

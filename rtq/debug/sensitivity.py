@@ -308,48 +308,6 @@ def onnx_sensitivity(probe: OnnxProbe) -> SensitivityResult:
     )
 
 
-# ---------------------------------------------------------------- module groups (RT-DETR)
-
-
-def rtdetr_module_groups(model: Any) -> dict[str, str]:
-    """Module-glob groups of an RT-DETR model: backbone stages, encoder parts, decoder layers.
-
-    Read from the model's own module names, so r18vd (3 decoder layers) and r50vd (6) both work.
-    `model` is the network or its deploy wrapper; the globs match either way (`model.backbone...`
-    in the wrapper), since each is used as a recipe exclusion `<glob>.*_quantizer`.
-    """
-    from rtq.export.onnx_export import raw_network
-
-    names = [name for name, _ in raw_network(model).named_modules() if name]
-    groups: dict[str, str] = {}
-
-    def add_children(prefix: str, label: str) -> None:
-        children = sorted(
-            {n[len(prefix) + 1 :].split(".")[0] for n in names if n.startswith(prefix + ".")},
-            key=lambda c: (not c.isdigit(), int(c) if c.isdigit() else 0, c),
-        )
-        for child in children:
-            groups[f"{label}.{child}"] = f"{prefix}.{child}"
-
-    for top in sorted({n.split(".")[0] for n in names}):
-        if top == "decoder" and any(n.startswith("decoder.decoder.layers.") for n in names):
-            add_children("decoder.decoder.layers", "decoder.layer")
-            rest = {n.split(".")[1] for n in names if n.startswith("decoder.") and n.count(".") >= 1}
-            for part in sorted(rest - {"decoder"}):
-                groups[f"decoder.{part}"] = f"decoder.{part}"
-        elif top == "backbone" and any(n.startswith("backbone.res_layers.") for n in names):
-            add_children("backbone.res_layers", "backbone.stage")
-            for part in sorted(
-                {n.split(".")[1] for n in names if n.startswith("backbone.")} - {"res_layers"}
-            ):
-                groups[f"backbone.{part}"] = f"backbone.{part}"
-        elif top == "encoder":
-            add_children("encoder", "encoder")
-        else:
-            groups[top] = top
-    return {label: f"*{glob}" for label, glob in groups.items()}
-
-
 class TorchProbe:
     """Quantizes a PyTorch model (modelopt fake-quant) with some module groups left in float.
 

@@ -199,7 +199,24 @@ def export_onnx(
 ) -> Path:
     """Export a deploy model `(images, orig_target_sizes) -> (labels, boxes, scores)` to `path`."""
     inputs = example_inputs(image_size, EXAMPLE_BATCH if dynamic_batch else 1)
-    return export_module(model, inputs, Path(path), (DETECTION_INPUTS, DETECTION_OUTPUTS), opset, dynamic_batch, simplify)
+    names = (DETECTION_INPUTS, DETECTION_OUTPUTS)
+    return export_module(model, inputs, Path(path), names, opset, dynamic_batch, simplify)
+
+
+def export_raw_onnx(wrapper: nn.Module, path: str | Path, image_size: int = 640, opset: int = 17) -> Path:
+    """Export a family's raw-output wrapper (`images -> raw outputs`, see `DetectorFamily.raw_outputs`).
+
+    The wrapper names its own inputs and outputs (`input_names`, `output_names`); the network inside
+    it is shared, not copied. Post-processing is left out so fidelity can be measured before top-k.
+    """
+    names: tuple[tuple[str, ...], tuple[str, ...]] = (
+        tuple(getattr(wrapper, "input_names")), tuple(getattr(wrapper, "output_names"))  # noqa: B009
+    )
+    inputs = example_inputs(image_size, EXAMPLE_BATCH)[:1]
+    try:
+        return export_module(wrapper, inputs, Path(path), names, opset, True, False)
+    finally:
+        wrapper.eval()  # export restores the wrapper's (training) mode on the shared network
 
 
 def qdq_node_counts(model: onnx.ModelProto | str | Path) -> dict[str, int]:

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from rtq.models.decoder import RTDETRTransformerv2
 from rtq.errors import UserError
+from rtq.models.decoder import RTDETRTransformerv2
 from rtq.models.io import DETECTION_INPUTS, DETECTION_OUTPUTS, Detections, ImageMeta
 from rtq.models.postprocess import RTDETRPostProcessor
 
@@ -73,6 +73,9 @@ class RawOutputs(nn.Module):
     The network is registered as `model`, like in the deploy wrapper, so quantizer node names in
     the raw export (`/model/backbone/...`) are those of the deploy export.
     """
+
+    input_names = RAW_INPUT_NAMES
+    output_names = RAW_OUTPUT_NAMES
 
     def __init__(self, network: nn.Module) -> None:
         super().__init__()

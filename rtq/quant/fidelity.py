@@ -35,7 +35,8 @@ import torch.nn as nn
 
 from rtq.backends.onnxruntime import reference_session
 from rtq.errors import UserError
-from rtq.export.onnx_export import RAW_OUTPUT_NAMES, export_raw_onnx, last_topk_index, raw_network
+from rtq.export.onnx_export import export_raw_onnx
+from rtq.models.rtdetr import RAW_OUTPUT_NAMES, RawOutputs, decode_raw, last_topk_index, raw_network
 from rtq.quant.float64_twin import float64_session
 from rtq.quant.onnx_arithmetic import exported_scale, onnx_quantizer_arithmetic
 
@@ -106,25 +107,6 @@ def compare_detections(
         "scores_max_abs_matched": score_diff,
         "label_mismatches_matched": float(label_mismatches),
     }
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return np.asarray(1.0 / (1.0 + np.exp(-x.astype(np.float64))))
-
-
-def decode_raw(
-    logits: np.ndarray, boxes: np.ndarray, size_wh: np.ndarray | None, top_k: int = 300
-) -> dict[str, np.ndarray]:
-    """Deploy-style detections of one image from raw outputs: top-k (query, class), xyxy boxes."""
-    num_classes = logits.shape[-1]
-    probs = _sigmoid(logits).reshape(-1)
-    order = np.argsort(-probs, kind="stable")[: min(top_k, probs.size)]
-    query, labels = np.divmod(order, num_classes)
-    cx, cy, w, h = (boxes[query, i].astype(np.float64) for i in range(4))
-    xyxy = np.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], axis=-1)
-    if size_wh is not None:
-        xyxy = xyxy * np.tile(np.asarray(size_wh, dtype=np.float64), 2)
-    return {"labels": labels[None], "boxes": xyxy[None], "scores": probs[order][None]}
 
 
 def raw_output_fidelity(
@@ -374,7 +356,8 @@ def torch_vs_onnx(
     if _is_rtdetr(model):
         with tempfile.TemporaryDirectory(prefix="rtq_raw_") as work:
             size = int(feeds[0]["images"].shape[-1]) if feeds else 640
-            raw_path = export_raw_onnx(model, Path(work) / "raw.onnx", image_size=size)
+            raw_model = RawOutputs(raw_network(model))
+            raw_path = export_raw_onnx(raw_model, Path(work) / "raw.onnx", image_size=size)
             raw = raw_output_fidelity(model, raw_path, feeds)
             worst.update({f"raw_{key}": value for key, value in raw.items() if key != "images"})
             if float64:

@@ -54,8 +54,8 @@ def test_ranking_and_greedy_recipe_reach_the_fidelity_target() -> None:
 
 
 def test_rtdetr_groups_of_the_deploy_model_are_valid_recipe_exclusions() -> None:
-    from rtq.debug.sensitivity import rtdetr_module_groups
-    from rtq.models.registry import build_deploy_model
+    from rtq.models.build import build_deploy_model
+    from rtq.models.families.rtdetr import rtdetr_module_groups
     from rtq.quant.recipes import check_module_globs, recipe_from_dict
 
     model = build_deploy_model("rtdetrv2_r18vd", None)

@@ -49,6 +49,7 @@ def quantized(tmp_path_factory: pytest.TempPathFactory) -> Quantized:
 
     from rtq.export.onnx_export import export_raw_onnx
     from rtq.models import RTDETRIO, build_deploy_model
+    from rtq.models.rtdetr import RawOutputs, raw_network
     from rtq.quant.calibrate import calibration_feeds, quantize_model
     from rtq.quant.recipes import load_recipe
 
@@ -57,13 +58,14 @@ def quantized(tmp_path_factory: pytest.TempPathFactory) -> Quantized:
     io = RTDETRIO()
     model = quantize_model(build_deploy_model("rtdetrv2_r18vd", CHECKPOINT), recipe,
                            calibration_feeds(recipe, io, CALIB), progress=False)
-    path = export_raw_onnx(model, tmp_path_factory.mktemp("fidelity") / "raw_int8.onnx")
+    raw_model = RawOutputs(raw_network(model))
+    path = export_raw_onnx(raw_model, tmp_path_factory.mktemp("fidelity") / "raw_int8.onnx")
     images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(EVAL_IMAGES.glob("*.jpg"))[:2]]
     return model, path, [io.preprocess([image])[0] for image in images]
 
 
 def _per_quantizer(quantized: Quantized, onnx_arithmetic: bool) -> dict[str, Any]:
-    from rtq.export.onnx_export import RawOutputs, raw_network
+    from rtq.models.rtdetr import RawOutputs, raw_network
     from rtq.quant.fidelity import quantizer_fidelity
 
     model, path, feeds = quantized

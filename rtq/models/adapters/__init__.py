@@ -22,4 +22,13 @@ def build_adapter(name: str, **options: Any) -> DetectorIO:
     return io
 
 
-__all__ = ["ADAPTERS", "YoloxIO", "build_adapter"]
+def node_groups(name: str, model: Any) -> dict[str, Any]:
+    """Named node groups of an adapter's ONNX graph (for sensitivity); see each adapter's module."""
+    if name == "yolox":
+        from rtq.debug.sensitivity import yolox_node_groups
+
+        return yolox_node_groups(model)
+    raise UserError(f"adapter {name!r} defines no node groups for sensitivity")
+
+
+__all__ = ["ADAPTERS", "YoloxIO", "build_adapter", "node_groups"]

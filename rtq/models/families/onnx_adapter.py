@@ -47,4 +47,4 @@ class OnnxAdapterFamily(DetectorFamily):
         return node_groups(str(detector.settings["adapter"]), onnx.load(str(detector.source_onnx)))
 
     def graph_feeds(self, graph: Any, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-        raise UserError("ONNX-adapter detectors take their feeds from the adapter: use detector.io.preprocess")
+        raise UserError("ONNX-adapter graphs take their feeds from the adapter (detector.io.preprocess)")
