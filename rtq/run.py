@@ -41,7 +41,7 @@ def check_group_overrides(argv: list[str]) -> None:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
-    from rtq.stages import run_pipeline
+    from rtq.pipeline.driver import run_pipeline
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:

@@ -180,8 +180,10 @@ def make_graph_runner(
     work_dir: Path,
     mode: Mode = "reference",
     extra_outputs: Literal["all"] | Sequence[str] | None = None,
+    providers: Sequence[str] | None = None,
+    intra_op_threads: int | None = None,
 ) -> OnnxrtRunner:
-    """A CPU runner for any graph rtq writes, plugin nodes included.
+    """A runner for any graph rtq writes, plugin nodes included (CPU provider unless told otherwise).
 
     A graph with `fused_attn_offset_prediction` nodes (TensorRT form, default domain) runs as its
     `ai.onnx.contrib` copy, written into `work_dir`, through the plugin's reference op.
@@ -205,7 +207,8 @@ def make_graph_runner(
     return make_onnxrt_runner(
         path,
         mode=mode,
-        providers=["CPUExecutionProvider"],
+        providers=list(providers) if providers else ["CPUExecutionProvider"],
+        intra_op_threads=intra_op_threads,
         extra_outputs=extra_outputs,
         ort_extensions=uses_contrib,
         name=name,

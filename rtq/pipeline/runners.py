@@ -1,0 +1,59 @@
+"""Which runner measures the model under test, and the honest label of what it ran.
+
+The engine when a compiler built one; the (fake-quant) torch model for `backend=torch`; else the
+newest graph in ONNX Runtime. The label says the backend and precision that ran, so an FP16
+TensorRT experiment on a machine without TensorRT is a row of ONNX Runtime FP32, not of fp16.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rtq.errors import UserError
+from rtq.pipeline.stage import StageContext
+
+ORT_SETTINGS = ("providers", "intra_op_threads")
+
+
+def ort_settings(ctx: StageContext) -> dict[str, Any]:
+    """`backend.providers` / `backend.intra_op_threads` of an ONNX Runtime backend (else defaults)."""
+    backend = ctx.section("backend")
+    if backend.get("name") != "onnxruntime":
+        return {}
+    return {key: backend[key] for key in ORT_SETTINGS if backend.get(key) is not None}
+
+
+def graph_runner(ctx: StageContext, path: Any, name: str, mode: Any) -> Any:
+    """ONNX Runtime on one of the run's graphs, with the backend's providers and threads."""
+    from rtq.backends.onnxruntime import make_graph_runner
+
+    return make_graph_runner(path, name, ctx.run_dir / "ort", mode=mode, **ort_settings(ctx))
+
+
+def target_runner(ctx: StageContext, mode: Any) -> tuple[Any, dict[str, Any]]:
+    """The runner for the model under test, and what it runs: backend, precision, settings."""
+    art = ctx.artifacts
+    backend = ctx.section("backend")
+    if art.engine is not None:
+        from rtq.backends.tensorrt.runner import make_trt_runner
+
+        precision = str(backend.get("precision", "fp32"))
+        precision = "int8" if precision == "int8_qdq" else precision
+        return make_trt_runner(art.engine), {"backend": art.engine_compiler, "precision": precision}
+    if backend.get("name") == "torch":
+        model = art.deployed_torch_model
+        if model is None:
+            raise UserError(
+                f"backend=torch needs a torch model, but {ctx.detector.name} is an ONNX file; "
+                "use backend=onnxruntime"
+            )
+        from rtq.backends.torch import make_torch_runner
+
+        threads = backend.get("num_threads")
+        label = {"backend": "torch", "precision": art.precision, "settings": {"num_threads": threads}}
+        return make_torch_runner(model, num_threads=threads), label
+    graph = art.graph
+    if graph is None:
+        raise UserError(f"backend={backend.get('name')} needs an ONNX model: add export to `stages`")
+    label = {"backend": "onnxruntime", "precision": art.precision, "settings": ort_settings(ctx)}
+    return graph_runner(ctx, graph, "target", mode), label

@@ -1,0 +1,44 @@
+"""Stage `evaluate`: COCO AP and FPS of the model under test, through the same runner interface
+for every backend, plus the optional batch-size throughput sweep."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from rtq.pipeline.runners import target_runner
+from rtq.pipeline.stage import StageContext, StageResult, register_stage
+
+
+def _needs(cfg: DictConfig) -> tuple[str, ...]:
+    if str(cfg.backend.get("name")) == "torch":
+        return ("quantized_model|torch_model",)
+    return ("engine|surgered_onnx|qdq_onnx|onnx",)
+
+
+@register_stage("evaluate", order=90, section="evaluate", needs=_needs, records=("evaluation", "sweep"))
+def stage_evaluate(ctx: StageContext) -> StageResult:
+    """COCO bbox AP over `data`, FPS at `evaluate.batch_size`, and the `sweep_batches` throughput."""
+    from rtq.data.coco import CocoDataset
+    from rtq.evaluate.fps import batch_sweep, fps_table_markdown
+    from rtq.evaluate.loop import evaluate_detector
+    from rtq.files import write_atomic
+
+    cfg = ctx.cfg
+    ev = ctx.section("evaluate")
+    dataset = CocoDataset(str(cfg.data.root), max_images=cfg.data.get("max_images"))
+    runner, ran = target_runner(ctx, "fast")
+    result = evaluate_detector(
+        runner, ctx.detector.io, dataset, int(ev["batch_size"]), score_threshold=float(ev["score_threshold"])
+    )
+    outputs = []
+    sweep_rows = []
+    if ev.get("sweep_batches"):
+        batches = [int(b) for b in ev["sweep_batches"]]
+        images = [dataset.load_image(image) for image in dataset.images[: max(batches)]]
+        sweep = batch_sweep(
+            runner, ctx.detector.io, images, batches, int(ev["warmup"]), int(ev["iterations"])
+        )
+        sweep_rows = [row.to_row() for row in sweep]
+        outputs.append(write_atomic(ctx.run_dir / "throughput.md", fps_table_markdown(sweep)))
+    evaluation = {"ran": ran, **result.to_row()}
+    return StageResult(outputs=outputs, record={"evaluation": evaluation, "sweep": sweep_rows})
