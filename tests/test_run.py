@@ -136,3 +136,93 @@ def test_empty_calibration_folder_is_a_user_error(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert str(empty) in proc.stderr and "Traceback" not in proc.stderr
     assert not (run_dir / "results.json").exists()
+
+
+def assert_one_line_user_error(proc: subprocess.CompletedProcess[str], run_dir: Path, *expected: str) -> str:
+    """Exit code 2, stderr exactly one `error:` line naming `expected`, no result file; the line."""
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr[-3000:]
+    assert all(text in lines[0] for text in expected), lines[0]
+    assert not (run_dir / "results.json").exists()
+    return lines[0]
+
+
+def conf_choices(group: str) -> set[str]:
+    return {p.stem for p in (PROJECT_ROOT / "conf" / group).glob("*.yaml")}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "group", "value"),
+    [
+        (["experiment=nope"], "experiment", "nope"),
+        (["+experiment=nope"], "experiment", "nope"),
+        (["data.max_images=1", "experiment=nope"], "experiment", "nope"),
+        (["--cfg", "job", "experiment=nope"], "experiment", "nope"),
+        (["experiment=null"], "experiment", "null"),
+        (["experiment="], "experiment", "experiment="),
+        (["-m", "experiment=fp32,nope"], "experiment", "'nope'"),
+        (["model=nope"], "model", "nope"),
+        (["model=null"], "model", "null"),
+        (["data=nope"], "data", "nope"),
+        (["quant=nope"], "quant", "nope"),
+        (["surgery=nope"], "surgery", "nope"),
+        (["backend=nope"], "backend", "nope"),
+    ],
+)
+def test_unknown_config_choice_lists_every_yaml_of_its_group(
+    tmp_path: Path, overrides: list[str], group: str, value: str
+) -> None:
+    proc, run_dir = run_rtq(tmp_path, *overrides)
+    line = assert_one_line_user_error(proc, run_dir, value, f"{group}=NAME")
+    listed = line.split("choose one of ", 1)[1].rsplit(" (", 1)[0].split(", ")
+    assert set(listed) == conf_choices(group), line
+
+
+def test_group_sweeps_and_extra_config_dirs_are_checked_choice_by_choice(tmp_path: Path) -> None:
+    from rtq.errors import UserError
+    from rtq.run import check_group_overrides
+
+    check_group_overrides(["-m", "experiment=fp32,int8_default"])
+    check_group_overrides(["experiment=glob(yolox_*)", "~surgery"])
+    extra = tmp_path / "conf"
+    (extra / "experiment").mkdir(parents=True)
+    (extra / "experiment" / "mine.yaml").write_text("stages: [evaluate]\n")
+    check_group_overrides(["--config-dir", str(extra), "experiment=mine"])
+    check_group_overrides([f"-cd={extra}", "experiment=mine"])
+    with pytest.raises(UserError, match=r"unknown experiment 'mine'.*fp32"):
+        check_group_overrides(["experiment=mine"])
+    with pytest.raises(UserError, match=r"unknown experiment 'nope'.*mine"):
+        check_group_overrides(["--config-dir", str(extra), "experiment=nope"])
+
+
+def write_junk(path: Path, kind: str) -> Path:
+    """Random bytes, a text file or an empty file: what a wrong path or a failed download leaves."""
+    if kind == "random":
+        path.write_bytes(bytes(range(256)) * 16)
+    elif kind == "text":
+        path.write_text("<html>404 Not Found</html>\n")
+    else:
+        path.write_bytes(b"")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["random", "text", "empty"])
+def test_a_checkpoint_that_is_no_checkpoint_is_one_line(tmp_path: Path, kind: str) -> None:
+    path = write_junk(tmp_path / "weights.pth", kind)
+    proc, run_dir = run_rtq(tmp_path, "experiment=fp32_torch", f"model.checkpoint={path}")
+    assert_one_line_user_error(proc, run_dir, f"{path} is not a PyTorch checkpoint", "model.checkpoint=PATH")
+
+
+@pytest.mark.parametrize("kind", ["random", "text", "add"])
+def test_an_onnx_path_that_is_no_detector_is_one_line(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "detector.onnx"
+    if kind == "add":
+        tensors = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1, 3]) for n in "abc"]
+        node = onnx.helper.make_node("Add", ["a", "b"], ["c"])
+        graph = onnx.helper.make_graph([node], "add", tensors[:2], tensors[2:])
+        onnx.save(onnx.helper.make_model(graph), path)
+    else:
+        write_junk(path, kind)
+    proc, run_dir = run_rtq(tmp_path, "experiment=yolox_fp32", f"model.onnx_path={path}", "data.max_images=1")
+    assert_one_line_user_error(proc, run_dir, str(path), "model.onnx_path=")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,26 @@ def extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     )
 
 
+def unreadable_checkpoint(path: Path, err: Exception) -> UserError:
+    """The one-line error for a file `torch.load` refused.
+
+    torch's own messages run to many lines (the `weights_only` advice) and say nothing useful
+    about a file that is simply not a checkpoint, so only a refused class is quoted from them.
+    """
+    refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+    if refused:
+        return UserError(
+            f"checkpoint {path} holds a {refused.group(1)} object besides tensors, which rtq does not "
+            f"unpickle (it could run code): save only its state dict with torch.save, or use an "
+            f"official checkpoint; {RELEASES_HINT}"
+        )
+    what = "an empty file" if path.stat().st_size == 0 else "another kind of file, or a truncated one"
+    return UserError(
+        f"checkpoint {path} is not a PyTorch checkpoint ({what}); expected an RT-DETRv2 .pth: "
+        f"{RELEASES_HINT}"
+    )
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint file; float16 tensors come back as float32."""
     path = Path(path)
@@ -52,9 +73,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file for the user
-        raise UserError(
-            f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); {RELEASES_HINT}"
-        ) from None
+        raise unreadable_checkpoint(path, err) from None
     state = extract_state_dict(obj, path)
     return {k: v.float() if v.dtype == torch.float16 else v for k, v in state.items()}
 

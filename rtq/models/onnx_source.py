@@ -31,6 +31,14 @@ class BatchRewrite:
     reshapes: list[str] = field(default_factory=list)  # Reshape nodes whose batch constant became 0
 
 
+ONNX_PATH_FIX = "set model.onnx_path=PATH to the detector's exported .onnx file (e.g. models/yolox_nano.onnx)"
+
+
+def _first_line(err: Exception) -> str:
+    """ONNX and protobuf errors run over several lines; the first one says what is wrong."""
+    return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+
+
 def load_detector_onnx(path: str | Path) -> onnx.ModelProto:
     """Load and check an ONNX detector, failing with a fix when the path is wrong."""
     path = Path(path)
@@ -40,10 +48,40 @@ def load_detector_onnx(path: str | Path) -> onnx.ModelProto:
         )
     try:
         model = onnx.load(str(path))
+    except Exception as err:  # noqa: BLE001 - protobuf raises several types for a file of other bytes
+        raise UserError(
+            f"{str(path)!r} is not a readable ONNX model ({_first_line(err)}): {ONNX_PATH_FIX}"
+        ) from None
+    if model.ir_version == 0 or len(model.graph.node) == 0:  # empty or text files can parse as protobuf
+        raise UserError(f"{str(path)!r} is not a readable ONNX model (no graph in it): {ONNX_PATH_FIX}")
+    try:
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.checker.ValidationError) as err:
-        raise UserError(f"{str(path)!r} is not a valid ONNX model ({err}): re-export it") from err
+        raise UserError(
+            f"{str(path)!r} is not a valid ONNX model ({_first_line(err)}): re-export it, or {ONNX_PATH_FIX}"
+        ) from None
+    check_image_input(model, path)
     return model
+
+
+def _dims(info: onnx.ValueInfoProto) -> list[int | str]:
+    shape = info.type.tensor_type.shape
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in shape.dim]
+
+
+def check_image_input(model: onnx.ModelProto, path: Path) -> None:
+    """Detector adapters feed one image batch [N, 3, H, W]; any other graph cannot be evaluated."""
+    weights = {init.name for init in model.graph.initializer}
+    inputs = [info for info in model.graph.input if info.name not in weights]
+    if len(inputs) == 1:
+        dims = _dims(inputs[0])
+        if len(dims) == 4 and (dims[1] == 3 or isinstance(dims[1], str)):
+            return
+    found = ", ".join(f"{info.name}{_dims(info)}" for info in inputs) or "none"
+    raise UserError(
+        f"{str(path)!r} is an ONNX model but not an image detector: its inputs are {found}, expected "
+        f"one image input [N, 3, H, W]; {ONNX_PATH_FIX}"
+    )
 
 
 def _static_batch(model: onnx.ModelProto) -> int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,28 @@ def test_not_a_state_dict(tmp_path: Path) -> None:
     torch.save({"epoch": 3}, path)
     with pytest.raises(UserError, match="holds no state dict"):
         build_model("rtdetrv2_r18vd", path)
+
+
+@pytest.mark.parametrize(
+    ("content", "detail"), [(b"\x8f\x02junk" * 512, ""), (b"not a checkpoint\n", ""), (b"", "empty")]
+)
+def test_a_file_that_is_no_checkpoint_is_named_in_one_line(
+    tmp_path: Path, content: bytes, detail: str
+) -> None:
+    path = tmp_path / "junk.pth"
+    path.write_bytes(content)
+    with pytest.raises(UserError) as err:
+        build_model("rtdetrv2_r18vd", path)
+    message = str(err.value)
+    assert "\n" not in message and "weights_only" not in message
+    assert f"{path} is not a PyTorch checkpoint" in message and detail in message
+    assert "lyuwenyu/RT-DETR" in message and "model.checkpoint=PATH" in message
+
+
+def test_a_checkpoint_with_other_objects_names_the_refused_class(r18_state: dict, tmp_path: Path) -> None:
+    path = tmp_path / "snapshot.pth"
+    torch.save({"model": r18_state, "args": argparse.Namespace(lr=1e-4)}, path)
+    with pytest.raises(UserError) as err:
+        build_model("rtdetrv2_r18vd", path)
+    message = str(err.value)
+    assert "\n" not in message and "argparse.Namespace" in message and "state dict" in message
