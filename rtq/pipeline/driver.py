@@ -45,9 +45,12 @@ def _initial(source: Source) -> frozenset[str]:
 
 
 def _makers(name: str, cfg: DictConfig) -> list[str]:
-    everything = frozenset(ARTIFACT_DOCS) | {"quantized_model"}
+    everything = frozenset(ARTIFACT_DOCS)
+    fp32 = everything - {"quantized_model"}
     return [
-        s.name for s in sorted(STAGES.values(), key=lambda s: s.order) if name in s.makes_for(cfg, everything)
+        s.name
+        for s in sorted(STAGES.values(), key=lambda s: s.order)
+        if name in s.makes_for(cfg, everything) | s.makes_for(cfg, fp32)
     ]
 
 
@@ -77,7 +80,8 @@ def check_chain(cfg: DictConfig, source: Source | None = None) -> list[StageSpec
                 makers = sorted({m for o in options for m in _makers(o, cfg)} - {spec.name})
                 fix = f"put {' or '.join(makers)} before it in `stages`" if makers else "no stage makes it"
                 raise UserError(
-                    f"stage {spec.name!r} needs {wanted}, which a {source} model with stages "
+                    f"stage {spec.name!r} needs {wanted}, which {'a torch' if source == 'torch' else 'an ONNX'} model "
+                    f"with stages "
                     f"{names[: names.index(spec.name)]} does not have; {fix}"
                 )
         available = available | spec.makes_for(cfg, available)

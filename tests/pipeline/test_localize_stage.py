@@ -11,10 +11,12 @@ from PIL import Image
 
 from rtq.backends.tensorrt.compat import tensorrt_available
 from rtq.cache import ArtifactCache
-from rtq.debug.stage import localize_settings, stage_localize
 from rtq.errors import StageSkipped, UserError
+from rtq.models.family import Detector, get_family
 from rtq.models.io import ImageMeta
-from rtq.stages import STAGES, Detector, RunContext
+from rtq.pipeline.artifacts import Artifacts
+from rtq.pipeline.stage import STAGES, StageContext
+from rtq.pipeline.stages.localize import check_settings, stage_localize
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,7 +32,10 @@ class _ToyIO:
         raise NotImplementedError
 
 
-def _context(tmp_path: Path, onnx_path: Path | None, **localize: object) -> RunContext:
+LOCALIZE_DEFAULTS = OmegaConf.load(REPO / "conf" / "config.yaml")["localize"]
+
+
+def _context(tmp_path: Path, onnx_path: Path | None, **localize: object) -> StageContext:
     data_root = REPO / "data" / "coco_val2017_mini"
     if not data_root.is_dir():
         pytest.skip("bundled coco_val2017_mini not found")
@@ -38,26 +43,27 @@ def _context(tmp_path: Path, onnx_path: Path | None, **localize: object) -> RunC
         {
             "data": {"root": str(data_root), "max_images": None},
             "backend": {"name": "onnxruntime"},
-            "localize": localize,
+            "localize": {**OmegaConf.to_container(LOCALIZE_DEFAULTS), **localize},
         }
     )
-    detector = Detector("toy", "onnx", _ToyIO(), source_onnx=onnx_path)  # type: ignore[arg-type]
-    ctx = RunContext(cfg, tmp_path / "run", detector, ArtifactCache(tmp_path / "cache"))
-    ctx.onnx = ctx.onnx_qdq = onnx_path
-    return ctx
+    detector = Detector("toy", get_family("onnx"), _ToyIO(), source_onnx=onnx_path)  # type: ignore[arg-type]
+    artifacts = Artifacts(source_onnx=onnx_path, onnx=onnx_path, qdq_onnx=onnx_path)
+    return StageContext(cfg, tmp_path / "run", detector, ArtifactCache(tmp_path / "cache"), artifacts)
 
 
 def test_stage_is_registered() -> None:
-    assert STAGES["localize"] is stage_localize
+    spec = STAGES["localize"]
+    assert spec.run is stage_localize and spec.section == "localize" and spec.needs == ("qdq_onnx",)
 
 
 def test_stage_writes_reports_and_row(toy_qdq_path: Path, tmp_path: Path) -> None:
     ctx = _context(tmp_path, toy_qdq_path, oracle="fault", fault_layers=[2], verify_equivalents=False)
-    outputs = stage_localize(ctx)
+    result = stage_localize(ctx)
+    outputs = result.outputs
     out_dir = ctx.run_dir / "localize"
     assert outputs[:2] == [out_dir / "report.md", out_dir / "report.json"]
     assert all(p.is_file() for p in outputs)
-    summary = ctx.row["localize"]
+    summary = result.record["localize"]
     assert summary["status"] == "localized"
     (found,) = summary["minimal_set"]
     assert found.startswith("/layers.2/")
@@ -65,7 +71,7 @@ def test_stage_writes_reports_and_row(toy_qdq_path: Path, tmp_path: Path) -> Non
     assert 0 < summary["builds"] < summary["candidates"]
     assert found in (out_dir / "report.md").read_text()
     assert outputs[2] == out_dir / "toy.localized.onnx"
-    assert ctx.onnx == toy_qdq_path  # a simulated fix never replaces the model under test
+    assert ctx.artifacts.graph == toy_qdq_path  # a simulated fix never replaces the model under test
 
 
 def test_tensorrt_oracle_without_tensorrt_skips(toy_qdq_path: Path, tmp_path: Path) -> None:
@@ -76,11 +82,9 @@ def test_tensorrt_oracle_without_tensorrt_skips(toy_qdq_path: Path, tmp_path: Pa
 
 
 def test_bad_settings_are_user_errors(toy_qdq_path: Path, tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="localize.oracel"):
-        localize_settings(OmegaConf.create({"localize": {"oracel": "fault"}}))
     with pytest.raises(UserError, match="localize.oracle='gpu'"):
-        localize_settings(OmegaConf.create({"localize": {"oracle": "gpu"}}))
+        check_settings({"oracle": "gpu", "num_images": 1})
+    with pytest.raises(UserError, match="localize.num_images=0"):
+        check_settings({"oracle": "fault", "num_images": 0})
     with pytest.raises(UserError, match="fault_layers"):
         stage_localize(_context(tmp_path, toy_qdq_path, fault_layers=[17]))
-    with pytest.raises(UserError, match="needs a Q/DQ ONNX"):
-        stage_localize(_context(tmp_path, None))
