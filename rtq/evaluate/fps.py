@@ -1,69 +1,38 @@
-"""Model-only throughput of a runner on preprocessed tensors, and a sweep over batch sizes.
+"""Model-only throughput of one runner on preprocessed tensors, and a sweep over batch sizes.
 
-The median of many timed calls after a warm-up is used: it ignores one-off stalls (page faults,
-clock ramp-up, other processes) that would skew a mean on a shared machine.
+The timing itself is `rtq.evaluate.timing`'s loop (median of many timed calls after a warm-up);
+this module adds what the pipeline needs around it: real images cycled to fill each batch,
+static-batch models timed only at their batch, one runner per batch where a backend needs it.
 """
 
 from __future__ import annotations
 
 import logging
-import statistics
-import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 import numpy as np
 from polygraphy.backend.base import BaseRunner
 
 from rtq.errors import UserError
 from rtq.evaluate.runners import activated, static_batch_size
+from rtq.evaluate.timing import FpsResult, interleaved_timing
 from rtq.models.io import DetectorIO
 
 log = logging.getLogger(__name__)
 
 RunnerOrFactory: TypeAlias = "BaseRunner | Callable[[int], BaseRunner]"
 
-
-@dataclass(frozen=True)
-class FpsResult:
-    """Timing of one batch size: images per second and milliseconds per call and per image."""
-
-    batch: int
-    throughput: float  # images / s
-    batch_time_ms: float  # median time of one runner.infer call
-    per_frame_ms: float  # batch_time_ms / batch
-
-    def to_row(self) -> dict[str, Any]:
-        return asdict(self)
+__all__ = ["FpsResult", "batch_sweep", "fps_table_markdown", "measure_fps"]
 
 
 def measure_fps(
     runner: BaseRunner, feed: Mapping[str, np.ndarray], warmup: int = 10, iterations: int = 50
 ) -> FpsResult:
     """Time `runner.infer(feed)`: `warmup` untimed calls, then the median of `iterations` timed calls."""
-    if iterations <= 0:
-        raise UserError(f"iterations={iterations} must be a positive number of timed runs")
-    if warmup < 0:
-        raise UserError(f"warmup={warmup} must be zero or a positive number of untimed runs")
     batch = int(next(iter(feed.values())).shape[0])
-    feed_dict = dict(feed)
-    with activated(runner):
-        runner.infer(feed_dict)  # checks the feed against the model's inputs once
-        for _ in range(max(warmup - 1, 0)):
-            runner.infer(feed_dict, check_inputs=False)
-        times = []
-        for _ in range(iterations):
-            start = time.perf_counter()
-            runner.infer(feed_dict, check_inputs=False)
-            times.append(time.perf_counter() - start)
-    batch_seconds = statistics.median(times)
-    return FpsResult(
-        batch=batch,
-        throughput=batch / batch_seconds,
-        batch_time_ms=1000.0 * batch_seconds,
-        per_frame_ms=1000.0 * batch_seconds / batch,
-    )
+    timings = interleaved_timing({"runner": runner}, {batch: feed}, warmup=warmup, iterations=iterations)
+    return timings[("runner", batch)].result()
 
 
 def _feed_for_batch(io: DetectorIO, sample_images: Sequence[np.ndarray], batch: int) -> dict[str, np.ndarray]:

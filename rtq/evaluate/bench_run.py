@@ -1,0 +1,117 @@
+"""CPU benchmark run: PyTorch FP32 vs ONNX Runtime FP32 vs ONNX Runtime INT8 (Q/DQ), and why.
+
+Builds (or takes from the artifact cache) the FP32 ONNX, the modelopt INT8 Q/DQ ONNX (the
+TensorRT-oriented export, unchanged) and the ORT-oriented INT8 variants of the same model, then
+times every backend in one process on the same real preprocessed images, interleaved
+(`rtq.evaluate.timing`). ORT's optimized graph of each ONNX is counted by op kind
+(`rtq.evaluate.ort_profile`) to say whether the INT8 kernels were used at all. The figures go to
+JSON, the report to Markdown with the hand-written analysis filled from those figures.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from typing import Any
+
+import numpy as np
+from polygraphy.backend.base import BaseRunner
+
+from rtq.errors import UserError
+from rtq.evaluate.bench_settings import MODELOPT_INT8, REFERENCE, TORCH_FP32, BenchSettings
+from rtq.evaluate.environment import fingerprint, load_average
+from rtq.evaluate.ort_profile import profile_onnxrt
+from rtq.evaluate.score_fidelity import score_fidelity
+from rtq.evaluate.timing import interleaved_timing
+from rtq.files import write_atomic
+from rtq.results.analysis import analysis_section
+from rtq.results.bench_figures import bench_figures
+from rtq.results.bench_report import render_report
+
+log = logging.getLogger(__name__)
+
+
+def _timing_images(settings: BenchSettings, count: int) -> list[np.ndarray]:
+    from rtq.data.coco import CocoDataset
+
+    dataset = CocoDataset(settings.images, max_images=count)
+    return [dataset.load_image(i) for i in range(len(dataset))]
+
+
+def _fidelity(runners: dict[str, BaseRunner], feed: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Each backend's outputs on one feed against the reference's."""
+    outputs = {}
+    for name, runner in runners.items():
+        with runner:
+            outputs[name] = runner.infer(dict(feed))
+    return {
+        name: score_fidelity(outputs[REFERENCE], output)
+        for name, output in outputs.items()
+        if name != REFERENCE
+    }
+
+
+def run_bench(settings: BenchSettings, command: str) -> str:
+    """Build or reuse the artifacts, time every backend, profile ORT's graphs, write figures and report."""
+    from rtq.backends.onnxruntime import make_onnxrt_runner
+    from rtq.backends.torch import make_torch_runner
+    from rtq.evaluate.bench_artifacts import build_artifacts
+    from rtq.models import build_deploy_model
+    from rtq.models.rtdetr import RTDETRIO
+
+    if settings.checkpoint is not None and not settings.checkpoint.is_file():
+        raise UserError(f"--checkpoint {settings.checkpoint} does not exist; give the path of a .pth file")
+    load_before = load_average()
+    io = RTDETRIO()
+    model = build_deploy_model(settings.model, settings.checkpoint)
+    log.info("building / loading the ONNX artifacts")
+    artifacts = build_artifacts(settings, model, io)
+    descriptions = {
+        TORCH_FP32: "PyTorch FP32",
+        REFERENCE: "ORT FP32",
+        MODELOPT_INT8: "ORT INT8, modelopt Q/DQ (TensorRT export)",
+        **{name: variant.description for name, variant in settings.ort_variants.items()},
+    }
+    runners: dict[str, BaseRunner] = {
+        TORCH_FP32: make_torch_runner(model, num_threads=settings.threads, name=TORCH_FP32)
+    }
+    for name, path in artifacts.paths.items():
+        runners[name] = make_onnxrt_runner(
+            path,
+            mode="fast",
+            providers=["CPUExecutionProvider"],
+            intra_op_threads=settings.threads,
+            name=name,
+        )
+    descriptions = {k: v for k, v in descriptions.items() if k in runners}
+
+    images = _timing_images(settings, max(settings.batches))
+    feeds = {b: io.preprocess([images[i % len(images)] for i in range(b)])[0] for b in settings.batches}
+    log.info(
+        "timing %s at batches %s, %d repetitions", list(runners), list(settings.batches), settings.iterations
+    )
+    timings = interleaved_timing(runners, feeds, warmup=settings.warmup, iterations=settings.iterations)
+    fidelity = _fidelity(runners, feeds[max(settings.batches)])
+    with tempfile.TemporaryDirectory(prefix="rtq-ort-graph-") as tmp:
+        profiles = {
+            name: profile_onnxrt(path, tmp, intra_op_threads=settings.threads)
+            for name, path in artifacts.paths.items()
+        }
+    environment = fingerprint(load_before)
+    figures: dict[str, Any] = bench_figures(
+        settings.figures(), environment, timings, descriptions, profiles, fidelity,
+        reference=REFERENCE, goal=settings.goal_speedup,
+    )
+    write_atomic(settings.figures_path, json.dumps(figures, indent=2) + "\n")
+    try:
+        analysis = analysis_section(settings.analysis_path, figures)
+    except UserError as err:
+        kept = f"this run's figures are in {settings.figures_path}; the report was not rewritten"
+        raise UserError(f"{err} ({kept})") from None
+    report = render_report(
+        settings, command, environment, timings, descriptions, profiles, fidelity, artifacts.sources,
+        analysis=analysis,
+    )
+    write_atomic(settings.out, report)
+    return report

@@ -1,0 +1,150 @@
+"""The benchmark's settings: `conf/bench.yaml` holds every default, the command line overrides.
+
+Keeping the defaults in one YAML (not in argparse, not in a dataclass) means the report, the
+workflow script and a reader of the config all see the same values.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from rtq.errors import UserError
+from rtq.paths import CONF_DIR, SHARED_DIR
+from rtq.quant.ort_static import OrtVariant, ort_variants
+
+BENCH_CONFIG = CONF_DIR / "bench.yaml"
+# Backend names the benchmark times besides the configured ORT variants.
+TORCH_FP32 = "torch_fp32"
+REFERENCE = "ort_fp32"  # every speed-up and fidelity figure is relative to this backend
+MODELOPT_INT8 = "ort_int8_modelopt"
+FIXED_BACKENDS = (TORCH_FP32, REFERENCE, MODELOPT_INT8)
+# Top-level keys of the figures file next to the backend names; a variant may not take one.
+FIGURE_GROUPS = ("settings", "environment", "goal_speedup", "reference")
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """Everything that decides the artifacts and the timing (values from `conf/bench.yaml`)."""
+
+    model: str
+    checkpoint: Path | None
+    batches: tuple[int, ...]
+    iterations: int
+    warmup: int
+    recipe: str
+    calib_images: int
+    calib_source: Path
+    images: Path
+    threads: int
+    opset: int
+    cache_dir: Path
+    out: Path
+    goal_speedup: float
+    ort_variants: dict[str, OrtVariant] = field(default_factory=dict)
+
+    @property
+    def figures_path(self) -> Path:
+        """Where the run's measured figures go (JSON beside the report)."""
+        return self.out.with_suffix(".json")
+
+    @property
+    def analysis_path(self) -> Path:
+        """The hand-written analysis the report includes, with its figures filled in."""
+        return self.out.with_suffix(".analysis.md")
+
+    def figures(self) -> dict[str, Any]:
+        """The settings a reader needs to interpret the figures, as plain JSON values."""
+        return {
+            "model": self.model,
+            "batches": list(self.batches),
+            "iterations": self.iterations,
+            "warmup": self.warmup,
+            "recipe": self.recipe,
+            "calib_images": self.calib_images,
+            "timing_images": max(self.batches),
+            "threads": self.threads,
+        }
+
+
+def _register_resolvers() -> None:
+    """`${rtq_root:}` as in the pipeline configs, and `${rtq_shared:}` for shared fixtures."""
+    from rtq.run import register_resolvers
+
+    register_resolvers()
+    if not OmegaConf.has_resolver("rtq_shared"):
+        OmegaConf.register_new_resolver("rtq_shared", lambda: str(SHARED_DIR))
+
+
+def _path(value: Any) -> Path | None:
+    if value is None or str(value).lower() in ("none", "null", ""):
+        return None
+    return Path(str(value))
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None, config: Path = BENCH_CONFIG) -> BenchSettings:
+    """`config` merged with `overrides` (keys as in the YAML; None values are ignored), checked."""
+    _register_resolvers()
+    try:
+        cfg = OmegaConf.load(config)
+        given = {
+            key: str(value) if isinstance(value, Path) else value
+            for key, value in (overrides or {}).items()
+            if value is not None
+        }
+        unknown = sorted(set(given) - set(cfg.keys()))  # type: ignore[arg-type]
+        if unknown:
+            raise UserError(f"unknown bench settings {unknown}: the keys of {config} are the valid ones")
+        raw: dict[str, Any] = OmegaConf.to_container(
+            OmegaConf.merge(cfg, given), resolve=True
+        )  # type: ignore[assignment]
+    except OmegaConfBaseException as err:
+        raise UserError(f"{config}: {str(err).splitlines()[0]}; fix the YAML or the override") from None
+    return _checked(raw)
+
+
+def _checked(raw: Mapping[str, Any]) -> BenchSettings:
+    """Settings from plain values, or a `UserError` naming the flag (and YAML key) to fix."""
+    batches = tuple(int(b) for b in raw["batches"] or ())
+    if not batches or any(b <= 0 for b in batches):
+        raise UserError(f"--batches {list(batches)} (batches) must be positive batch sizes")
+    if int(raw["calib_images"]) <= 0:
+        raise UserError(f"--calib-images {raw['calib_images']} must be a positive number of images")
+    if int(raw["iterations"]) <= 0 or int(raw["warmup"]) < 0:
+        raise UserError(
+            f"--iterations {raw['iterations']} / --warmup {raw['warmup']}: iterations must be positive "
+            "and warmup zero or more"
+        )
+    threads = raw["threads"] if raw["threads"] is not None else max(os.cpu_count() or 1, 1)
+    if int(threads) <= 0:
+        raise UserError(f"--threads {threads} must be a positive number of threads")
+    variants = ort_variants(raw.get("ort_variants") or {})
+    taken = sorted(set(variants) & {*FIXED_BACKENDS, *FIGURE_GROUPS})
+    if taken:
+        raise UserError(f"ort_variants {taken}: these names are taken by the benchmark; rename the variants")
+    from rtq.models.registry import get_variant
+
+    get_variant(str(raw["model"]))
+    return BenchSettings(
+        model=str(raw["model"]),
+        checkpoint=_path(raw["checkpoint"]),
+        batches=batches,
+        iterations=int(raw["iterations"]),
+        warmup=int(raw["warmup"]),
+        recipe=str(raw["recipe"]),
+        calib_images=int(raw["calib_images"]),
+        calib_source=Path(str(raw["calib_source"])),
+        images=Path(str(raw["images"])),
+        threads=int(threads),
+        opset=int(raw["opset"]),
+        cache_dir=Path(str(raw["cache_dir"])),
+        out=Path(str(raw["out"])),
+        goal_speedup=float(raw["goal_speedup"]),
+        ort_variants=variants,
+    )
