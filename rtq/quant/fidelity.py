@@ -59,8 +59,9 @@ def raw_output_fidelity(
     `model` is the RT-DETR network or its deploy wrapper (FP32 or fake-quant); `onnx_path` is its
     raw export (`export_raw_onnx`). Keys: `pred_logits_max_abs`, `pred_boxes_max_abs` (over the
     queries both backends selected), `pred_logits_mean_abs`, `queries_selected_differently` and
-    `queries` (counts), `detections_label_mismatches` (top-k detections decoded from the raw
-    outputs, paired order-independently), `detections_scores_max_abs_sorted`,
+    `queries` (counts: logits and boxes of a query only one side selected are not compared, so
+    any selected differently is a disagreement of its own), `detections_label_mismatches` (top-k
+    detections decoded from the raw outputs, paired order-independently), `detections_scores_max_abs_sorted`,
     `detections_boxes_max_abs_matched` (pixels when feeds carry `orig_target_sizes`), `images`.
 
     `float64=True` compares a float64 copy of the network, its quantizers computing the ONNX Q/DQ
@@ -172,13 +173,20 @@ def _float64_keys(
 
 
 def float64_verdict(result: Mapping[str, float], tolerance: float) -> tuple[bool, str] | None:
-    """Whether the float64 raw outputs agree within `tolerance`, and a one-line account; None without them."""
+    """Whether the float64 raw outputs agree, and a one-line account; None without them.
+
+    Agreement needs both sides to select the same queries (logits and boxes are compared over the
+    queries both selected, so they cannot see the others) and those to be within `tolerance`.
+    """
     try:
         logits, boxes = result["raw_float64_pred_logits_max_abs"], result["raw_float64_pred_boxes_max_abs"]
     except KeyError:
         return None
-    return max(logits, boxes) <= tolerance, (
-        f"fidelity, raw outputs in float64: logits {logits:.2g}, boxes {boxes:.2g} "
+    different = result.get("raw_float64_queries_selected_differently", 0.0)
+    selection = (f"{different:.0f}/{result.get('raw_float64_queries', 0):.0f} queries selected differently "
+                 "in float64; " if different else "")
+    return different == 0 and max(logits, boxes) <= tolerance, (
+        f"fidelity, raw outputs in float64: {selection}logits {logits:.2g}, boxes {boxes:.2g} "
         f"(tolerance {tolerance:g}); "
         f"float32 as deployed: logits {result.get('raw_pred_logits_max_abs', float('nan')):.2g}, "
         f"{result.get('raw_queries_selected_differently', 0):.0f}/{result.get('raw_queries', 0):.0f} queries "

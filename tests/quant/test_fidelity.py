@@ -90,6 +90,20 @@ def test_float64_verdict_applies_the_tolerance_to_logits_and_boxes() -> None:
     assert float64_verdict(base, 1e-4) is None  # no float64 comparison (not RT-DETR, or switched off)
 
 
+def test_float64_verdict_fails_when_queries_are_selected_differently() -> None:
+    from rtq.quant.fidelity import float64_verdict
+
+    tiny = {"raw_float64_pred_logits_max_abs": 3e-15, "raw_float64_pred_boxes_max_abs": 5e-16,
+            "raw_float64_queries": 600.0}
+    agreeing = float64_verdict({**tiny, "raw_float64_queries_selected_differently": 0.0}, 1e-4)
+    assert agreeing is not None and agreeing[0] is True
+    # Logits and boxes are compared over the queries both sides selected only: agreement there
+    # says nothing about the queries one side picked and the other did not.
+    outside = float64_verdict({**tiny, "raw_float64_queries_selected_differently": 3.0}, 1e-4)
+    assert outside is not None and outside[0] is False
+    assert "3/600 queries selected differently in float64" in outside[1]
+
+
 def test_a_graph_without_float64_twin_is_recorded_not_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
     import rtq.quant.fidelity as fidelity
     from rtq.errors import UserError
