@@ -2,7 +2,7 @@
 
 The op is an onnxruntime-extensions Python op in the ``ai.onnx.contrib`` domain that calls the
 reference math. Those Python ops accept only scalar int/float/string attributes, so the model ORT
-runs is a copy made by ``rtq.surgery.fuse_attn_offset_prediction.to_ort_domain``: the weights, weight
+runs is a copy made by ``plugins.fused_attn_offset_prediction.ort_model.to_ort_domain``: the weights, weight
 scales and biases become constant inputs, in this order:
 ``x_q0, x_q1, weight_0, weight_scale_0, bias_0, weight_1, weight_scale_1, bias_1`` (``x_q1`` repeats
 ``x_q0`` when one input feeds both projections); ``input_scale_i`` / ``input_zero_point_i`` stay

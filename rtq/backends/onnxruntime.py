@@ -16,12 +16,11 @@ from typing import Any, Literal
 
 import onnx
 import onnxruntime as ort
-from polygraphy import constants
 from polygraphy.backend.base import BaseLoader
-from polygraphy.backend.onnx import BytesFromOnnx, ModifyOutputs, OnnxFromPath
 from polygraphy.backend.onnxrt import OnnxrtRunner
 
 from rtq.errors import UserError
+from rtq.onnx_graph import computed_tensors, mark_outputs
 
 log = logging.getLogger(__name__)
 
@@ -112,18 +111,16 @@ def reference_session(model: bytes | str | Path, quiet: bool = False) -> ort.Inf
     return loader()
 
 
-def _with_extra_outputs(onnx_path: Path, extra_outputs: Literal["all"] | Sequence[str]) -> ModifyOutputs:
+def _with_extra_outputs(onnx_path: Path, extra_outputs: Literal["all"] | Sequence[str]) -> bytes:
     """The model with intermediate tensors marked as outputs as well as its own outputs."""
+    model = onnx.load(str(onnx_path))
     if extra_outputs == "all":
-        return ModifyOutputs(OnnxFromPath(str(onnx_path)), outputs=constants.MARK_ALL)
-    model = onnx.load(str(onnx_path), load_external_data=False)
+        return mark_outputs(model, computed_tensors(model), guess=False).SerializeToString()
     known = {out for node in model.graph.node for out in node.output} | {i.name for i in model.graph.input}
     unknown = [name for name in extra_outputs if name not in known]
     if unknown:
         raise UserError(f"extra outputs {unknown} are not tensors of {onnx_path}; check the names in Netron")
-    own = [out.name for out in model.graph.output]
-    names = own + [name for name in extra_outputs if name not in own]
-    return ModifyOutputs(OnnxFromPath(str(onnx_path)), outputs=names)
+    return mark_outputs(model, extra_outputs, guess=False).SerializeToString()
 
 
 def make_onnxrt_runner(
@@ -161,7 +158,7 @@ def make_onnxrt_runner(
 
     model: Any = str(path)
     if extra_outputs is not None:
-        model = BytesFromOnnx(_with_extra_outputs(path, extra_outputs))
+        model = _with_extra_outputs(path, extra_outputs)
 
     session = SessionFromOnnxWithOptions(
         model,
@@ -196,7 +193,7 @@ def make_graph_runner(
     model = onnx.load(str(path))
     uses_contrib = any(node.domain == ORT_DOMAIN for node in model.graph.node)
     if any(node.op_type == OP_TYPE and node.domain == "" for node in model.graph.node):
-        from rtq.surgery.fuse_attn_offset_prediction import to_ort_domain
+        from plugins.fused_attn_offset_prediction.ort_model import to_ort_domain
 
         work_dir.mkdir(parents=True, exist_ok=True)
         path = work_dir / f"{name}.{path.stem}.ort.onnx"

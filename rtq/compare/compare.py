@@ -19,9 +19,9 @@ import numpy as np
 import onnx
 
 from rtq.backends.onnxruntime import make_graph_runner
-from rtq.compare.detections import DETECTION_OUTPUTS, compare_detections
-from rtq.compare.stats import error_stats, normalised_error
+from rtq.compare.metrics import detection_match_report, error_stats, normalised_error
 from rtq.errors import UserError
+from rtq.models.io import DETECTION_OUTPUTS
 
 
 @dataclass
@@ -109,8 +109,8 @@ def compare_runners(reference: Any, target: Any, feeds: Iterable[Mapping[str, np
         "results_json": "results.json",
     }
     if all(k in common for k in DETECTION_OUTPUTS):
-        report["detections"] = compare_detections(ref_its, tgt_its, settings.score_threshold,
-                                                  settings.iou_threshold, settings.top_k)
+        report["detections"] = detection_match_report(ref_its, tgt_its, settings.score_threshold,
+                                                      settings.iou_threshold, settings.top_k)
     if tensor_order is not None:
         report["layerwise"] = _layerwise(ref_its, tgt_its, [n for n in tensor_order if n in common], settings)
     report["summary"] = _summary(report)

@@ -35,7 +35,8 @@ def recipe_fidelity(
     from rtq.models import RTDETRIO, build_deploy_model
     from rtq.models.rtdetr import RawOutputs, raw_network
     from rtq.quant.calibrate import calibration_feeds, quantize_model
-    from rtq.quant.fidelity import quantizer_fidelity, raw_output_fidelity
+    from rtq.quant.fidelity import raw_output_fidelity
+    from rtq.quant.quantizer_fidelity import quantizer_fidelity
     from rtq.quant.recipes import load_recipe
 
     started = time.perf_counter()

@@ -25,10 +25,11 @@ from typing import Any
 
 import onnx
 
-from rtq.debug.oracles import Oracle, mark_outputs
+from rtq.debug.oracles import Oracle
 from rtq.debug.structure import Candidate, find_candidates, find_fusion_clusters
 from rtq.errors import UserError
 from rtq.files import write_atomic
+from rtq.onnx_graph import mark_outputs
 
 DEFAULT_THRESHOLD_FRACTION = 0.05
 
@@ -219,7 +220,7 @@ def write_report(result: LocalizationResult, model: onnx.ModelProto, out_dir: Pa
     if result.minimal_set:
         patched = out_dir / f"{source_name}.localized.onnx"
         tmp = patched.with_name(patched.name + ".tmp")
-        onnx.save(mark_outputs(model, result.minimal_set), str(tmp))
+        onnx.save(mark_outputs(model, sorted(result.minimal_set)), str(tmp))
         os.replace(tmp, patched)
         result.patched_onnx = str(patched)
     write_atomic(out_dir / "report.json", json.dumps(result.to_json(), indent=2) + "\n")

@@ -11,7 +11,7 @@ fault in ONNX Runtime so the search can be tested (and demonstrated) on a machin
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -20,8 +20,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from rtq.debug.structure import FusionCluster, GraphIndex
+from rtq.compare.metrics import Metric, output_error
+from rtq.debug.structure import FusionCluster
 from rtq.errors import UserError
+from rtq.onnx_graph import mark_outputs, tensor_types
 
 FaultKind = Literal["wrong_scale", "fp16", "bf16"]
 
@@ -35,45 +37,6 @@ class Oracle(Protocol):
     def evaluate(self, marked_tensors: frozenset[str]) -> float:
         """Build (engine or simulated graph) with those outputs marked, run, return the error."""
         ...
-
-
-def output_error(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray]) -> float:
-    """Largest absolute difference of any output, relative to that output's largest magnitude.
-
-    Relative so one threshold works for scores (0..1) and boxes (pixels) alike; integer outputs
-    (labels) count too, since a changed label is an error.
-    """
-    worst = 0.0
-    for name, ref in reference.items():
-        ref64 = np.asarray(ref, dtype=np.float64)
-        got64 = np.asarray(candidate[name], dtype=np.float64)
-        if ref64.shape != got64.shape:
-            return float("inf")
-        if ref64.size == 0:
-            continue
-        diff = np.abs(ref64 - got64)
-        if not np.all(np.isfinite(diff)):
-            return float("inf")
-        worst = max(worst, float(diff.max()) / max(float(np.abs(ref64).max()), 1e-6))
-    return worst
-
-
-def mark_outputs(
-    model: onnx.ModelProto, tensors: Iterable[str], elem_types: Mapping[str, int] | None = None
-) -> onnx.ModelProto:
-    """Copy of `model` with `tensors` appended to the graph outputs (the fusion-breaking fix).
-
-    `elem_types` (tensor -> ONNX element type) saves a shape inference when marking one model often.
-    """
-    marked = onnx.ModelProto()
-    marked.CopyFrom(model)
-    index_types = elem_types if elem_types is not None else GraphIndex(model).elem_type
-    present = {o.name for o in marked.graph.output}
-    for name in sorted(set(tensors) - present):
-        marked.graph.output.append(
-            helper.make_tensor_value_info(name, index_types.get(name, TensorProto.FLOAT), None)
-        )
-    return marked
 
 
 def _session(model: onnx.ModelProto) -> object:
@@ -110,7 +73,7 @@ class FaultInjectionOracle:
       - "wrong_scale": re-quantized to int8 with `wrong_scale_factor` times the scale that fits
         their calibrated range, so most values saturate (default),
       - "fp16" / "bf16": rounded to reduced precision (a milder fault).
-    The error is `output_error` of the original outputs against the clean graph.
+    The error is `rtq.compare.metrics.output_error` of the original outputs against the clean graph.
     """
 
     def __init__(
@@ -129,11 +92,12 @@ class FaultInjectionOracle:
         self.feeds = dict(feeds)
         self.fault = fault
         self.builds = 0
-        self.elem_types = GraphIndex(self.model).elem_type
+        self.types = tensor_types(self.model)
+        self.error: Metric = output_error()
         self.reference = run_model(self.model, self.feeds)
         cluster_outputs = [t for c in faulty for t in c.outputs]
         ranges = run_model(
-            mark_outputs(self.model, cluster_outputs, self.elem_types), self.feeds, cluster_outputs
+            mark_outputs(self.model, cluster_outputs, self.types), self.feeds, cluster_outputs
         )
         self.planted = [
             PlantedFault(
@@ -148,7 +112,7 @@ class FaultInjectionOracle:
 
     def faulty_graph(self, marked_tensors: frozenset[str]) -> onnx.ModelProto:
         """The graph as the simulated builder would compile it with `marked_tensors` marked."""
-        model = mark_outputs(self.model, marked_tensors, self.elem_types)
+        model = mark_outputs(self.model, sorted(marked_tensors), self.types)
         for planted in self.planted:
             if marked_tensors & set(planted.cluster.tensors):
                 continue  # a marked tensor inside the cluster prevents the faulty fusion
@@ -161,7 +125,7 @@ class FaultInjectionOracle:
         self.builds += 1
         model = self.faulty_graph(marked_tensors)
         got = run_model(model, self.feeds, list(self.reference))
-        return output_error(self.reference, got)
+        return self.error([self.reference], [got])
 
 
 def _corrupt_tensor(model: onnx.ModelProto, tensor: str, fault: FaultKind, scale: float) -> None:
@@ -229,7 +193,8 @@ class TensorRTOracle:
         import_tensorrt()  # StageSkipped("TensorRT not installed") when absent
         self.onnx_path = Path(onnx_path)
         self.model = onnx.load(str(self.onnx_path))
-        self.elem_types = GraphIndex(self.model).elem_type
+        self.types = tensor_types(self.model)
+        self.error: Metric = output_error()
         self.feeds = dict(feeds)
         self.reference = dict(reference) if reference is not None else run_model(self.model, self.feeds)
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="rtq_localize_"))
@@ -245,14 +210,14 @@ class TensorRTOracle:
 
         self.builds += 1
         candidate = self.work_dir / f"candidate_{self.builds:03d}.onnx"
-        onnx.save(mark_outputs(self.model, marked_tensors, self.elem_types), str(candidate))
+        onnx.save(mark_outputs(self.model, sorted(marked_tensors), self.types), str(candidate))
         engine = build_engine(
             candidate, self.work_dir / f"candidate_{self.builds:03d}.plan", self.build_config
         )
         self.engines[marked_tensors] = Path(engine)
         with make_trt_runner(engine) as runner:
             got = runner.infer(self.feeds)
-        return output_error(self.reference, {k: got[k] for k in self.reference})
+        return self.error([self.reference], [{k: got[k] for k in self.reference}])
 
     def fusion_diff(self, before: frozenset[str], after: frozenset[str]) -> list[str]:
         """ONNX node groups that TensorRT fused differently once `after` is marked (engine inspector)."""

@@ -2,19 +2,15 @@
 
 Runs the torch model (FP32 or fake-quant) and the ONNX file in ONNX Runtime with graph
 optimizations disabled (so ORT does not fuse Q/DQ into integer kernels) on the same feeds, and
-reports how far the outputs are apart, at three depths:
+reports how far the outputs are apart:
 
-- deploy outputs (`compare_detections`): top-k sorted by score, so near-tied scores can swap
-  places; scores are sorted and detections paired one-to-one (same label, nearest box).
+- deploy outputs (`rtq.compare.metrics.paired_detection_report`): top-k sorted by score, so
+  near-tied scores can swap places; scores are sorted and detections paired one-to-one.
 - raw outputs (`raw_output_fidelity`): `pred_logits` / `pred_boxes` of every query, rows realigned
   by `enc_topk_index` (query selection is a top-k over encoder scores, so the two backends can pick
   a few different memory positions), plus the detections decoded from them.
-- every quantizer (`quantizer_fidelity`): the torch quantizer applied to the tensor ONNX Runtime
-  fed its QuantizeLinear must give ONNX Runtime's DequantizeLinear output. This separates
-  "the exported quantizer is different" (scale, axis, range, rounding) from "the inputs already
-  differed": in an INT8 network a float difference of one ulp moves a value across a rounding
-  boundary now and then, the flipped value changes the next layer's inputs by a whole step, and
-  the flips multiply layer after layer (see `tests/quant/test_fidelity.py` for measured counts).
+
+`rtq.quant.quantizer_fidelity` goes one level deeper, to every exported Q/DQ pair.
 """
 
 from __future__ import annotations
@@ -22,27 +18,24 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import re
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import torch
 import torch.nn as nn
 
 from rtq.backends.onnxruntime import reference_session
+from rtq.compare.metrics import paired_detection_report
 from rtq.errors import UserError
 from rtq.export.onnx_export import export_raw_onnx
 from rtq.models.rtdetr import RAW_OUTPUT_NAMES, RawOutputs, decode_raw, last_topk_index, raw_network
 from rtq.quant.float64_twin import float64_session
-from rtq.quant.onnx_arithmetic import exported_scale, onnx_quantizer_arithmetic
+from rtq.quant.onnx_arithmetic import onnx_quantizer_arithmetic
 
 log = logging.getLogger(__name__)
-
-LABEL_MISMATCH_COST = 1e9  # pairs of different labels are only taken when nothing else is left
 
 
 def _torch_outputs(
@@ -52,61 +45,6 @@ def _torch_outputs(
     with torch.no_grad():
         outputs = model(**{k: torch.as_tensor(v).to(device) for k, v in feed.items()})
     return {name: out.detach().cpu().numpy() for name, out in zip(names, outputs, strict=True)}
-
-
-def match_detections(
-    labels_a: np.ndarray, boxes_a: np.ndarray, labels_b: np.ndarray, boxes_b: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """One-to-one pairing of two detection lists of one image: same label first, then nearest box.
-
-    Greedy over pairs by ascending cost (L-inf box distance, plus a large penalty for different
-    labels); with near-identical lists every true pair is far cheaper than any wrong one.
-    """
-    cost = np.abs(boxes_a[:, None, :] - boxes_b[None, :, :]).max(-1).astype(np.float64)
-    cost += LABEL_MISMATCH_COST * (labels_a[:, None] != labels_b[None, :])
-    used_a = np.zeros(len(boxes_a), dtype=bool)
-    used_b = np.zeros(len(boxes_b), dtype=bool)
-    rows: list[int] = []
-    cols: list[int] = []
-    for flat in np.argsort(cost, axis=None, kind="stable"):
-        a, b = divmod(int(flat), len(boxes_b))
-        if used_a[a] or used_b[b]:
-            continue
-        used_a[a] = used_b[b] = True
-        rows.append(a)
-        cols.append(b)
-        if len(rows) == min(len(boxes_a), len(boxes_b)):
-            break
-    return np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
-
-
-def compare_detections(
-    reference: Mapping[str, np.ndarray], other: Mapping[str, np.ndarray]
-) -> dict[str, float]:
-    """Order-robust differences between two batches of deploy outputs (labels, boxes, scores)."""
-    raw = {f"{name}_max_abs_positional": float(np.abs(
-        reference[name].astype(np.float64) - other[name].astype(np.float64)).max()) for name in reference}
-    scores_sorted = float(np.abs(
-        np.sort(reference["scores"], axis=1) - np.sort(other["scores"], axis=1)).max())
-    box_diff = score_diff = 0.0
-    label_mismatches = 0
-    for i in range(reference["labels"].shape[0]):
-        rows, cols = match_detections(reference["labels"][i], reference["boxes"][i],
-                                      other["labels"][i], other["boxes"][i])
-        label_mismatches += int((reference["labels"][i][rows] != other["labels"][i][cols]).sum())
-        same = reference["labels"][i][rows] == other["labels"][i][cols]
-        if same.any():
-            box_diff = max(box_diff, float(np.abs(
-                reference["boxes"][i][rows[same]] - other["boxes"][i][cols[same]]).max()))
-            score_diff = max(score_diff, float(np.abs(
-                reference["scores"][i][rows[same]] - other["scores"][i][cols[same]]).max()))
-    return {
-        **raw,
-        "scores_max_abs_sorted": scores_sorted,
-        "boxes_max_abs_matched": box_diff,
-        "scores_max_abs_matched": score_diff,
-        "label_mismatches_matched": float(label_mismatches),
-    }
 
 
 def raw_output_fidelity(
@@ -121,8 +59,9 @@ def raw_output_fidelity(
     `model` is the RT-DETR network or its deploy wrapper (FP32 or fake-quant); `onnx_path` is its
     raw export (`export_raw_onnx`). Keys: `pred_logits_max_abs`, `pred_boxes_max_abs` (over the
     queries both backends selected), `pred_logits_mean_abs`, `queries_selected_differently` and
-    `queries` (counts), `detections_label_mismatches` (top-k detections decoded from the raw
-    outputs, paired order-independently), `detections_scores_max_abs_sorted`,
+    `queries` (counts: logits and boxes of a query only one side selected are not compared, so
+    any selected differently is a disagreement of its own), `detections_label_mismatches` (top-k
+    detections decoded from the raw outputs, paired order-independently), `detections_scores_max_abs_sorted`,
     `detections_boxes_max_abs_matched` (pixels when feeds carry `orig_target_sizes`), `images`.
 
     `float64=True` compares a float64 copy of the network, its quantizers computing the ONNX Q/DQ
@@ -173,7 +112,7 @@ def _raw_fidelity_loop(
             logit_sum += float(logit_diff.sum())
             common_rows += logit_diff.size
             size = None if sizes is None else np.asarray(sizes)[i]
-            detections = compare_detections(decode_raw(ours[0][i], ours[1][i], size, top_k),
+            detections = paired_detection_report(decode_raw(ours[0][i], ours[1][i], size, top_k),
                                             decode_raw(theirs[0][i], theirs[1][i], size, top_k))
             counts["detections_label_mismatches"] += int(detections["label_mismatches_matched"])
             worst["detections_scores_max_abs_sorted"] = max(
@@ -185,159 +124,15 @@ def _raw_fidelity_loop(
             **{k: float(v) for k, v in counts.items()}}
 
 
-_CALL_SUFFIX = re.compile(r"_\d+$")
-
-
-def _path_key(tokens: Iterable[str]) -> tuple[str, ...]:
-    """Module path tokens with repeats collapsed: the exporter's scopes follow calls, not attributes.
-
-    `query_pos_head` is called inside `decoder.decoder` (scope `/decoder/decoder/query_pos_head`)
-    but lives at `decoder.query_pos_head`; a Sequential child gets `/bottlenecks/bottlenecks.0`.
-    Collapsing repeated tokens on both sides makes those spellings meet.
-    """
-    key: list[str] = []
-    for token in tokens:
-        if not key or key[-1] != token:
-            key.append(token)
-    return tuple(key)
-
-
-def _scope_key(node_name: str) -> tuple[str, ...]:
-    """`/model/a/b.0/input_quantizer_2/DequantizeLinear` -> ('model', 'a', 'b', '0', 'input_quantizer')."""
-    segments = node_name.strip("/").split("/")[:-1]
-    if segments:
-        segments[-1] = _CALL_SUFFIX.sub("", segments[-1])
-    return _path_key(token for segment in segments for token in segment.split("."))
-
-
-def quantizer_fidelity(
-    model: nn.Module, onnx_path: str | Path, feed: Mapping[str, np.ndarray], onnx_arithmetic: bool = False
-) -> dict[str, Any]:
-    """Each exported Q/DQ pair vs the torch quantizer it came from, on one feed.
-
-    For every DequantizeLinear fed by a QuantizeLinear whose scope names a torch `TensorQuantizer`
-    of `model` (the module that was exported: deploy wrapper for the deploy ONNX, network for the
-    raw ONNX), ORT's QuantizeLinear input is pushed through the torch quantizer and compared with
-    ORT's DequantizeLinear output ("same input" check); the torch quantizer's own input on the same
-    feed is compared with ORT's ("end-to-end" inputs). Returns `pairs_compared`, `pairs_unmatched`,
-    `same_input_max_abs_steps` (largest difference in quantization steps),
-    `same_input_unflipped_max_abs_steps` (the same over elements that agree on the INT8 level),
-    `same_input_bin_flips`
-    (elements off by at least half a step), `elements`, `end_to_end_bin_flips` (the same count for
-    the quantizer outputs of the two end-to-end runs), `first_divergent` (first quantizer, in graph
-    order, with an end-to-end bin flip)
-    and `per_pair` rows (name, input_max_abs, step, end_to_end_flips, same_input_flips).
-
-    With `onnx_arithmetic` the torch quantizers compute the ONNX Q/DQ formula
-    (`rtq.quant.onnx_arithmetic`) instead of modelopt's, so the same-input check must be exact.
-    """
-    from modelopt.torch.quantization.nn import TensorQuantizer
-
-    proto = onnx.load(str(onnx_path))
-    producers = {out: node for node in proto.graph.node for out in node.output}
-    initializers = {init.name: onnx.numpy_helper.to_array(init) for init in proto.graph.initializer}
-    quantizers = {_path_key(name.split(".")): (name, module) for name, module in model.named_modules()
-                  if isinstance(module, TensorQuantizer)}
-    pairs: list[tuple[str, int, str, str]] = []  # torch name, call number, Q input, DQ output
-    calls: dict[str, int] = {}
-    unmatched = 0
-    for node in proto.graph.node:
-        source = producers.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
-        if source is None or source.op_type != "QuantizeLinear":
-            continue
-        match = quantizers.get(_scope_key(node.name))
-        if match is None:
-            unmatched += 1
-            continue
-        call = calls.get(match[0], 0)
-        calls[match[0]] = call + 1
-        pairs.append((match[0], call, source.input[0], node.output[0]))
-
-    if not pairs:
-        raise UserError(
-            f"no Q/DQ pair of {onnx_path} names a quantizer of {type(model).__name__}: pass the module that "
-            "was exported (the deploy wrapper for the deploy ONNX, `RawOutputs` for the raw ONNX)"
-        )
-    wanted = sorted({t for _, _, q_in, dq_out in pairs for t in (q_in, dq_out) if t not in initializers})
-    del proto.graph.output[:]
-    proto.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in wanted)
-    with tempfile.TemporaryDirectory(prefix="rtq_fidelity_") as work:
-        marked = Path(work) / "marked.onnx"
-        onnx.save(proto, str(marked))
-        session = reference_session(marked)
-        inputs = {i.name: np.asarray(feed[i.name]) for i in session.get_inputs()}
-        ort_values = {**initializers, **dict(zip(wanted, session.run(wanted, inputs), strict=True))}
-
-    with onnx_quantizer_arithmetic(model) if onnx_arithmetic else contextlib.nullcontext():
-        return _compare_pairs(model, pairs, inputs, ort_values, unmatched)
-
-
-def _compare_pairs(
-    model: nn.Module, pairs: list[tuple[str, int, str, str]], inputs: Mapping[str, np.ndarray],
-    ort_values: Mapping[str, np.ndarray], unmatched: int,
-) -> dict[str, Any]:
-    calls = {name for name, _, _, _ in pairs}
-    seen: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-    modules = dict(model.named_modules())
-    handles = [modules[name].register_forward_hook(
-        lambda _m, args, out, name=name: seen.setdefault(name, []).append(
-            (args[0].detach().cpu().numpy(), out.detach().cpu().numpy())))
-        for name in calls]
-    device = next(model.parameters()).device
-    try:
-        with torch.no_grad():
-            model(**{k: torch.as_tensor(v).to(device) for k, v in inputs.items()})
-    finally:
-        for handle in handles:
-            handle.remove()
-
-    rows: list[dict[str, Any]] = []
-    first_divergent: str | None = None
-    with torch.no_grad():
-        for name, call, q_in, dq_out in pairs:
-            quantizer: Any = modules[name]
-            step = exported_scale(quantizer).cpu().numpy()  # one INT8 step, per channel when amax is
-            ort_in = np.asarray(ort_values[q_in], dtype=np.float32)
-            same_input = quantizer(torch.as_tensor(ort_in).to(device)).cpu().numpy()
-            same_diff = np.abs(same_input - ort_values[dq_out]) / step
-            torch_calls = seen.get(name, [])
-            if call < len(torch_calls) and torch_calls[call][0].shape == ort_in.shape:
-                in_diff = np.abs(torch_calls[call][0] - ort_in)
-                end_flips = int((np.abs(torch_calls[call][1] - ort_values[dq_out]) / step >= 0.5).sum())
-            else:  # torch never made this call: everything differs
-                in_diff, end_flips = np.full(ort_in.shape, np.inf, dtype=np.float32), int(ort_in.size)
-            if first_divergent is None and end_flips:
-                first_divergent = name if call == 0 else f"{name} (call {call + 1})"
-            rows.append({"name": name if call == 0 else f"{name}#{call + 1}",
-                         "input_max_abs": float(in_diff.max(initial=0)), "step": float(step.max()),
-                         "end_to_end_flips": end_flips, "same_input_flips": int((same_diff >= 0.5).sum()),
-                         "same_input_max_abs_steps": float(same_diff.max(initial=0)),
-                         "same_input_unflipped_max_abs_steps": float(
-                             same_diff[same_diff < 0.5].max(initial=0)),
-                         "elements": int(ort_in.size)})
-    return {
-        "pairs_compared": len(rows),
-        "pairs_unmatched": unmatched,
-        "same_input_max_abs_steps": max((r["same_input_max_abs_steps"] for r in rows), default=0.0),
-        "same_input_unflipped_max_abs_steps": max(
-            (r["same_input_unflipped_max_abs_steps"] for r in rows), default=0.0),
-        "same_input_bin_flips": sum(r["same_input_flips"] for r in rows),
-        "elements": sum(r["elements"] for r in rows),
-        "end_to_end_bin_flips": sum(r["end_to_end_flips"] for r in rows),
-        "first_divergent": first_divergent,
-        "per_pair": rows,
-    }
-
-
 def torch_vs_onnx(
     model: nn.Module, onnx_path: str | Path, feeds: Iterable[Mapping[str, np.ndarray]], float64: bool = True
 ) -> dict[str, float]:
     """Worst-case differences over all feeds between torch and ORT (no graph optimizations).
 
-    Deploy-output keys as in `compare_detections` (label mismatches summed, the rest worst case)
-    plus `images`; for an RT-DETR model also the raw-output keys of `raw_output_fidelity`, prefixed
-    `raw_`, measured on a raw export written next to nothing (a temporary directory), and with
-    `float64` the same keys of the float64 comparison, prefixed `raw_float64_`.
+    Deploy-output keys as in `rtq.compare.metrics.paired_detection_report` (label mismatches
+    summed, the rest worst case) plus `images`; for an RT-DETR model also the raw-output keys of
+    `raw_output_fidelity`, prefixed `raw_`, measured on a raw export written next to nothing (a
+    temporary directory), and with `float64` the same keys of the float64 comparison, prefixed `raw_float64_`.
     """
     feeds = [{k: np.asarray(v) for k, v in feed.items()} for feed in feeds]
     session = reference_session(Path(onnx_path))
@@ -348,7 +143,7 @@ def torch_vs_onnx(
     for arrays in feeds:
         reference = _torch_outputs(model, arrays, names)
         onnx_out = dict(zip(names, session.run(names, arrays), strict=True))
-        for key, value in compare_detections(reference, onnx_out).items():
+        for key, value in paired_detection_report(reference, onnx_out).items():
             worst[key] = value + worst.get(key, 0.0) if key.startswith("label") else max(
                 worst.get(key, 0.0), value)
         images += int(arrays["images"].shape[0])
@@ -378,13 +173,20 @@ def _float64_keys(
 
 
 def float64_verdict(result: Mapping[str, float], tolerance: float) -> tuple[bool, str] | None:
-    """Whether the float64 raw outputs agree within `tolerance`, and a one-line account; None without them."""
+    """Whether the float64 raw outputs agree, and a one-line account; None without them.
+
+    Agreement needs both sides to select the same queries (logits and boxes are compared over the
+    queries both selected, so they cannot see the others) and those to be within `tolerance`.
+    """
     try:
         logits, boxes = result["raw_float64_pred_logits_max_abs"], result["raw_float64_pred_boxes_max_abs"]
     except KeyError:
         return None
-    return max(logits, boxes) <= tolerance, (
-        f"fidelity, raw outputs in float64: logits {logits:.2g}, boxes {boxes:.2g} "
+    different = result.get("raw_float64_queries_selected_differently", 0.0)
+    selection = (f"{different:.0f}/{result.get('raw_float64_queries', 0):.0f} queries selected differently "
+                 "in float64; " if different else "")
+    return different == 0 and max(logits, boxes) <= tolerance, (
+        f"fidelity, raw outputs in float64: {selection}logits {logits:.2g}, boxes {boxes:.2g} "
         f"(tolerance {tolerance:g}); "
         f"float32 as deployed: logits {result.get('raw_pred_logits_max_abs', float('nan')):.2g}, "
         f"{result.get('raw_queries_selected_differently', 0):.0f}/{result.get('raw_queries', 0):.0f} queries "

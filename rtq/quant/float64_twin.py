@@ -15,10 +15,8 @@ The twin computes the same function as the original graph, with float tensors in
   GELU's `sqrt(2)`, an `eps` of `1e-5`), since torch in float64 uses that, not its float32 rounding;
 - `QuantizeLinear` becomes `Clip(Round(x / s) + z)` and `DequantizeLinear` `(q - z) * s` with the
   graph's own scales and zero points (the INT8 values are carried as integral float64);
-- operators without a float64 CPU kernel are rewritten: `Conv` (group 1, no dilation) as strided
-  slices + one Einsum, `AveragePool` (no padding, windows tiling the input) as a sum of strided
-  slices, nearest-mode `Resize` as a Gather whose indices ONNX Runtime computes itself, and `Erf`
-  as its everywhere-convergent series of positive terms (within 2e-15 of libm's erf);
+- operators without a float64 CPU kernel (`Conv`, `AveragePool`, nearest `Resize`, `Erf`) are
+  rewritten with operators that have one (`rtq.quant.float64_kernels`);
 - the opset is raised to 20, where `GridSample` has a float64 kernel.
 
 Anything else without a float64 kernel ends in a `UserError` naming the operator.
@@ -37,15 +35,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from rtq.errors import UserError
+from rtq.quant.float64_kernels import REWRITES, TWIN_OPSET, attributes
 
-TWIN_OPSET = 20
-ERF_CLIP = 6.0  # erf(6) = 1 - 2e-17: 1.0 in float64
-ERF_TERMS = 160  # the series' terms for |x| <= 6 fall below 1e-17 of the sum well before this
 KEEP_FLOAT32 = {"Resize": (1, 2)}  # inputs the ONNX spec types as float32 (roi, scales)
-
-
-def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 def intended_float64(value: float) -> float:
@@ -133,7 +125,7 @@ class _TwinBuilder:
         if source is not None and source.op_type == "Identity":
             return self.constant_value(source.input[0], node)
         if source is not None and source.op_type == "Cast":
-            target = helper.tensor_dtype_to_np_dtype(int(_attributes(source)["to"]))
+            target = helper.tensor_dtype_to_np_dtype(int(attributes(source)["to"]))
             return self.constant_value(source.input[0], node).astype(target)
         raise UserError(
             f"float64 twin: input `{name}` of {node.op_type} node `{node.name}` is not a constant"
@@ -148,29 +140,17 @@ class _TwinBuilder:
             )
         return [d if d is not None else 0 for d in shape]
 
-    def strided_window(self, x: str, i: int, j: int, stride: Sequence[int], out_hw: Sequence[int]) -> str:
-        """x[:, :, i::sh, j::sw] cut to the output size: one kernel tap of a conv or pool."""
-        sh, sw = stride
-        ho, wo = out_hw
-        return self.op(
-            "Slice",
-            [
-                x,
-                self.const(np.array([i, j], np.int64), "starts"),
-                self.const(np.array([i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1], np.int64), "ends"),
-                self.const(np.array([2, 3], np.int64), "axes"),
-                self.const(np.array([sh, sw], np.int64), "steps"),
-            ],
-        )
-
     # -- node rewrites -----------------------------------------------------------------------
     def rewrite(self, node: onnx.NodeProto) -> None:
+        kernel = REWRITES.get(node.op_type)
         handler: Callable[[onnx.NodeProto], None] | None = getattr(self, f"_rewrite_{node.op_type}", None)
-        if handler is None:
+        if kernel is not None:
+            kernel(self, node)
+        elif handler is not None:
+            handler(node)
+        else:
             self._retype(node)
             self.nodes.append(node)
-        else:
-            handler(node)
 
     def _retype(self, node: onnx.NodeProto) -> None:
         """Float constants and casts to float become float64, in place."""
@@ -201,7 +181,7 @@ class _TwinBuilder:
         zero_float = zero.astype(np.float64)
         if scale.size > 1:  # per-axis: broadcast along `axis`
             shape = [1] * rank
-            shape[int(_attributes(node).get("axis", 1)) % rank] = -1
+            shape[int(attributes(node).get("axis", 1)) % rank] = -1
             scale, zero_float = scale.reshape(shape), zero_float.reshape(shape)
         return self.const(scale, "scale"), self.const(zero_float, "zero_point"), zero.dtype
 
@@ -222,120 +202,6 @@ class _TwinBuilder:
         scale, zero, _ = self._scale_and_zero(node, self._rank(node.output[0]))
         self.op("Mul", [self.op("Sub", [node.input[0], zero]), scale], node.output[0])
 
-    def _rewrite_Conv(self, node: onnx.NodeProto) -> None:  # noqa: N802
-        attrs = _attributes(node)
-        if int(attrs.get("group", 1)) != 1 or any(d != 1 for d in attrs.get("dilations", [1, 1])):
-            raise UserError(
-                f"float64 twin: Conv `{node.name}` has groups or dilation, which the rewrite does not cover"
-            )
-        x, weight = node.input[0], node.input[1]
-        _, _, height, width = self.static_shape(x, node)
-        out_ch, in_ch, kh, kw = self.static_shape(weight, node)
-        stride = list(attrs.get("strides", [1, 1]))
-        pads = list(attrs.get("pads", [0, 0, 0, 0]))
-        out_hw = (
-            (height + pads[0] + pads[2] - kh) // stride[0] + 1,
-            (width + pads[1] + pads[3] - kw) // stride[1] + 1,
-        )
-        if any(pads):
-            x = self.op(
-                "Pad",
-                [x, self.const(np.array([0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]], np.int64), "pads")],
-            )
-        if (kh, kw) == (1, 1) and stride == [1, 1]:
-            columns = x
-        else:
-            taps = [self.strided_window(x, i, j, stride, out_hw) for i in range(kh) for j in range(kw)]
-            columns = self.op("Concat", taps, axis=1)  # channel order (i, j, c)
-        kernel = self.op(
-            "Reshape",
-            [
-                self.op("Transpose", [weight], perm=[0, 2, 3, 1]),
-                self.const(np.array([out_ch, kh * kw * in_ch], np.int64), "kernel_shape"),
-            ],
-        )
-        has_bias = len(node.input) > 2 and bool(node.input[2])
-        y = self.op(
-            "Einsum", [columns, kernel], None if has_bias else node.output[0], equation="nkhw,ok->nohw"
-        )
-        if has_bias:
-            bias = self.op(
-                "Reshape", [node.input[2], self.const(np.array([1, out_ch, 1, 1], np.int64), "bias_shape")]
-            )
-            self.op("Add", [y, bias], node.output[0])
-
-    def _rewrite_AveragePool(self, node: onnx.NodeProto) -> None:  # noqa: N802
-        attrs = _attributes(node)
-        kh, kw = attrs["kernel_shape"]
-        stride = list(attrs.get("strides", [1, 1]))
-        _, _, height, width = self.static_shape(node.input[0], node)
-        if any(attrs.get("pads", [0, 0, 0, 0])) or (height - kh) % stride[0] or (width - kw) % stride[1]:
-            raise UserError(
-                f"float64 twin: AveragePool `{node.name}` pads or does not tile its {height}x{width} "
-                "input, which the rewrite does not cover"
-            )
-        out_hw = ((height - kh) // stride[0] + 1, (width - kw) // stride[1] + 1)
-        total = ""
-        for i in range(kh):
-            for j in range(kw):
-                tap = self.strided_window(node.input[0], i, j, stride, out_hw)
-                total = tap if not total else self.op("Add", [total, tap])
-        self.op("Div", [total, self.const(np.float64(kh * kw), "window")], node.output[0])
-
-    def _rewrite_Resize(self, node: onnx.NodeProto) -> None:  # noqa: N802
-        attrs = _attributes(node)
-        if attrs.get("mode", b"nearest") not in (b"nearest", "nearest"):
-            raise UserError(
-                f"float64 twin: Resize `{node.name}` is not nearest-mode, which the rewrite does not cover"
-            )
-        _, channels, height, width = self.static_shape(node.input[0], node)
-        index = _resize_index(
-            node,
-            [self.constant_value(name, node) if name else None for name in node.input[1:]],
-            height,
-            width,
-        )
-        out_h, out_w = index.shape
-        flat = self.op(
-            "Reshape", [node.input[0], self.const(np.array([0, channels, height * width], np.int64), "flat")]
-        )
-        picked = self.op("Gather", [flat, self.const(index.reshape(-1), "index")], axis=2)
-        self.op(
-            "Reshape",
-            [picked, self.const(np.array([0, channels, out_h, out_w], np.int64), "unflat")],
-            node.output[0],
-        )
-
-    def _rewrite_Erf(self, node: onnx.NodeProto) -> None:  # noqa: N802
-        """erf(x) = 2/sqrt(pi) * exp(-x^2) * sum_n x (2x^2)^n / (2n+1)!!: positive terms, no cancellation."""
-        x = self.op(
-            "Clip",
-            [
-                node.input[0],
-                self.const(np.float64(-ERF_CLIP), "min"),
-                self.const(np.float64(ERF_CLIP), "max"),
-            ],
-        )
-        square = self.op("Mul", [x, x])
-        ratio = self.op("Mul", [square, self.const(np.float64(2.0), "two")])
-        term = total = x
-        for n in range(1, ERF_TERMS):
-            term = self.op("Div", [self.op("Mul", [term, ratio]), self.const(np.float64(2 * n + 1), "odd")])
-            total = self.op("Add", [total, term])
-        weight = self.op(
-            "Mul",
-            [
-                self.op("Exp", [self.op("Neg", [square])]),
-                self.const(np.float64(2.0 / math.sqrt(math.pi)), "two_over_sqrt_pi"),
-            ],
-        )
-        value = self.op("Mul", [total, weight])
-        self.op(
-            "Clip",
-            [value, self.const(np.float64(-1.0), "min"), self.const(np.float64(1.0), "max")],
-            node.output[0],
-        )
-
     # -- whole graph ---------------------------------------------------------------------------
     def build(self) -> onnx.ModelProto:
         graph = self.model.graph
@@ -352,39 +218,6 @@ class _TwinBuilder:
                 value.type.tensor_type.elem_type = TensorProto.DOUBLE
         del graph.value_info[:]
         return self.model
-
-
-def _resize_index(
-    node: onnx.NodeProto, params: list[np.ndarray | None], height: int, width: int
-) -> np.ndarray:
-    """Which input pixel each output pixel of a nearest Resize copies, as ONNX Runtime computes it.
-
-    The same Resize runs once in ONNX Runtime on a 1x1xHxW float32 image whose pixels are their own
-    flat indices (exact in float32 below 2**24).
-    """
-    import onnxruntime as ort
-
-    inputs, initializers = ["probe"], []
-    for position, value in enumerate(params, start=1):
-        if value is None:
-            inputs.append("")
-            continue
-        if position == 3:  # sizes: the probe has one image and one channel
-            value = np.concatenate([[1, 1], np.asarray(value)[2:]]).astype(np.int64)
-        initializers.append(numpy_helper.from_array(np.asarray(value), f"p{position}"))
-        inputs.append(f"p{position}")
-    probe_graph = helper.make_graph(
-        [helper.make_node("Resize", inputs, ["out"], **_attributes(node))],
-        "resize_index",
-        [helper.make_tensor_value_info("probe", TensorProto.FLOAT, [1, 1, height, width])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
-        initializers,
-    )
-    probe_model = helper.make_model(probe_graph, opset_imports=[helper.make_opsetid("", TWIN_OPSET)])
-    probe_model.ir_version = 9
-    session = ort.InferenceSession(probe_model.SerializeToString(), providers=["CPUExecutionProvider"])
-    probe = np.arange(height * width, dtype=np.float32).reshape(1, 1, height, width)
-    return np.asarray(session.run(None, {"probe": probe})[0][0, 0], dtype=np.int64)
 
 
 def float64_twin(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:

@@ -24,6 +24,7 @@ import onnx_graphsurgeon as gs
 
 from plugins.fused_attn_offset_prediction.reference import OP_TYPE
 from rtq.errors import UserError
+from rtq.onnx_graph import mark_outputs
 from rtq.surgery.base import PassReport, Unmatched, register_pass
 from rtq.surgery.patterns import find_projection_pairs, layer_prefix
 
@@ -45,49 +46,18 @@ def projection_outputs(graph: gs.Graph, which: tuple[int, ...]) -> tuple[list[gs
     return found, search.unmatched
 
 
-def _inferred_types(graph: gs.Graph) -> dict[str, onnx.TypeProto]:
-    """Tensor name -> inferred type, from ONNX shape inference on the current graph."""
-    model = gs.export_onnx(graph, do_type_check=False)
-    try:
-        model = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception:  # inference is best effort: custom ops or odd graphs can stop it
-        return {}
-    return {vi.name: vi.type for vi in [*model.graph.value_info, *model.graph.output]}
-
-
-def _batch_symbol(graph: gs.Graph) -> str:
-    for t in graph.inputs:
-        if t.shape and isinstance(t.shape[0], str):
-            return t.shape[0]
-    return "N"
-
-
-def _give_type(tensor: gs.Variable, inferred: dict[str, onnx.TypeProto], batch: str) -> None:
-    """Give an output dtype and shape: shape inference first, the producer's inputs otherwise."""
-    t = inferred.get(tensor.name)
-    if t is not None and t.HasField("tensor_type"):
-        tt = t.tensor_type
-        if tensor.dtype is None and tt.elem_type:
-            tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
-        if tensor.shape is None and tt.HasField("shape"):
-            dims: list[int | str] = [d.dim_value if d.HasField("dim_value") else
-                                     (d.dim_param or f"{tensor.name}_dim{i}")
-                                     for i, d in enumerate(tt.shape.dim)]
-            tensor.shape = dims
-    producer = tensor.inputs[0] if tensor.inputs else None
-    if tensor.dtype is None:
-        dtypes = [i.dtype for i in (producer.inputs if producer else []) if i.dtype is not None]
-        tensor.dtype = dtypes[0] if dtypes else np.float32
+def _take_type(tensor: gs.Variable, info: onnx.ValueInfoProto) -> None:
+    """Give a graphsurgeon output the dtype and shape `mark_outputs` found, where it had none."""
+    t = info.type.tensor_type
+    if tensor.dtype is None and t.elem_type:
+        tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)
+    first = tensor.shape[0] if tensor.shape else ""
+    unknown_batch = first in (None, 0) or (isinstance(first, str) and first.startswith("unk__"))
+    if (tensor.shape is None or unknown_batch) and t.HasField("shape"):
+        tensor.shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim]
     if tensor.shape is None:
-        ranks = [len(i.shape) for i in (producer.inputs if producer else []) if i.shape is not None]
-        rank = max(ranks) if ranks else 0
-        if rank == 0:
-            raise UserError(f"cannot tell the rank of tensor {tensor.name!r} to mark it as an output; "
-                            "run shape inference on the model first")
-        tensor.shape = [f"{tensor.name}_dim{i}" for i in range(rank)]
-    if tensor.shape and (tensor.shape[0] in (None, 0) or (isinstance(tensor.shape[0], str)
-                                                         and tensor.shape[0].startswith("unk__"))):
-        tensor.shape = [batch, *tensor.shape[1:]]
+        raise UserError(f"cannot tell the rank of tensor {tensor.name!r} to mark it as an output; "
+                        "run shape inference on the model first")
 
 
 @register_pass(PASS_NAME)
@@ -132,17 +102,19 @@ def mark_extra_outputs(graph: gs.Graph, options: Mapping[str, Any]) -> PassRepor
             report.matched.append(f"{layer_prefix(t.inputs[0].name)}: {t.name}")
         chosen += hits
 
-    inferred: dict[str, onnx.TypeProto] | None = None
-    batch = _batch_symbol(graph)
     existing = {id(t) for t in graph.outputs}
+    new: list[gs.Variable] = []
     for t in chosen:
         if id(t) in existing:
             report.notes.append(f"'{t.name}' is already a graph output")
             continue
-        if t.dtype is None or t.shape is None:
-            inferred = _inferred_types(graph) if inferred is None else inferred
-            _give_type(t, inferred, batch)
-        graph.outputs.append(t)
+        new.append(t)
         existing.add(id(t))
-        report.changed.append(f"marked '{t.name}' ({np.dtype(t.dtype).name}, shape {list(t.shape)})")
+    if new:
+        marked = mark_outputs(gs.export_onnx(graph, do_type_check=False), [t.name for t in new])
+        infos = {o.name: o for o in marked.graph.output}
+        for t in new:
+            _take_type(t, infos[t.name])
+            graph.outputs.append(t)
+            report.changed.append(f"marked '{t.name}' ({np.dtype(t.dtype).name}, shape {list(t.shape)})")
     return report

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from rtq.compare.compare import CompareSettings, compare_onnx
-from rtq.compare.detections import compare_detections, match_image
-from rtq.compare.stats import error_stats
+from rtq.compare.metrics import detection_match_report, error_stats, match_image
 from rtq.surgery.base import run_passes
 from rtq.surgery.example_model import export_example
 
@@ -52,7 +51,7 @@ def test_detection_matching_ignores_order() -> None:
     wrong_label = dict(tgt, labels=np.array([3, 7, 2]))
     assert match_image(ref, wrong_label, score_threshold=0.3)[2] == 1
     batch = {k: v[None] for k, v in ref.items()}
-    summary = compare_detections([batch], [{k: v[None] for k, v in tgt.items()}], top_k=3)
+    summary = detection_match_report([batch], [{k: v[None] for k, v in tgt.items()}], top_k=3)
     assert summary["matched_fraction"] == 1.0 and summary["reference_detections"] == 3
 
 

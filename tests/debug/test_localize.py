@@ -15,8 +15,9 @@ import numpy as np
 import onnx
 import pytest
 
+from rtq.compare.metrics import output_error
 from rtq.debug.localize import localize
-from rtq.debug.oracles import FaultInjectionOracle, output_error
+from rtq.debug.oracles import FaultInjectionOracle
 from rtq.debug.structure import find_candidates, find_fusion_clusters, select_clusters
 
 NUM_LAYERS = 6  # blocks of the toy detector in conftest.py
@@ -48,7 +49,7 @@ def test_fault_only_when_cluster_unprotected(toy_qdq: tuple[onnx.ModelProto, dic
         assert oracle.evaluate(frozenset({inside})) == 0.0
     assert oracle.evaluate(frozenset({"/layers.2/sampling_offsets/Add_output_0"})) > 0.01
     assert oracle.builds == 4
-    assert output_error({"a": np.ones(3)}, {"a": np.ones(3)}) == 0.0
+    assert output_error()([{"a": np.ones(3)}], [{"a": np.ones(3)}]) == 0.0
 
 
 @pytest.mark.parametrize("layer", [0, 3, NUM_LAYERS - 1])

@@ -11,11 +11,11 @@ import onnxruntime as ort
 import pytest
 
 import plugins.fused_attn_offset_prediction.ort_op as ort_op
+from plugins.fused_attn_offset_prediction.ort_model import to_ort_domain
 from plugins.fused_attn_offset_prediction.reference import OP_TYPE, ORT_DOMAIN, FusedAttnOffsetParams
 from rtq.errors import UserError
 from rtq.surgery.base import run_passes
 from rtq.surgery.example_model import export_example
-from rtq.surgery.fuse_attn_offset_prediction import to_ort_domain
 
 
 @pytest.fixture(scope="module")
