@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 from polygraphy.backend.base import BaseRunner
 
+from rtq.compare.metrics import score_fidelity_report
 from rtq.errors import UserError
 from rtq.evaluate.bench_settings import MODELOPT_INT8, REFERENCE, TORCH_FP32, BenchSettings
 from rtq.evaluate.environment import fingerprint, load_average
 from rtq.evaluate.ort_profile import profile_onnxrt
-from rtq.evaluate.score_fidelity import score_fidelity
 from rtq.evaluate.timing import interleaved_timing
 from rtq.files import write_atomic
 from rtq.results.analysis import analysis_section
@@ -46,7 +46,7 @@ def _fidelity(runners: dict[str, BaseRunner], feed: dict[str, np.ndarray]) -> di
         with runner:
             outputs[name] = runner.infer(dict(feed))
     return {
-        name: score_fidelity(outputs[REFERENCE], output)
+        name: score_fidelity_report(outputs[REFERENCE], output)
         for name, output in outputs.items()
         if name != REFERENCE
     }

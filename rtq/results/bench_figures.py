@@ -5,7 +5,7 @@ from here, so a figure quoted in prose is always the one this run measured. Per 
 by batch as `b1`, `b4`...: fps, batch_ms (median, q1, q3), per_frame_ms, speedup (ratio of
 medians over the reference), paired_speedup (median, q1, q3 of per-repetition ratios),
 batch_gain (throughput over the first batch's), ort_graph (op counts of ORT's optimized graph)
-and fidelity (`rtq.evaluate.score_fidelity`).
+and fidelity (`rtq.compare.metrics.score_fidelity_report`).
 """
 
 from __future__ import annotations

@@ -115,18 +115,3 @@ def test_paired_detections_pair_by_label_and_nearest_box_not_position() -> None:
     relabelled = {**reference, "labels": np.array([[1, 2, 5]])}
     assert metric("paired_detections", key="label_mismatches_matched")(
         [reference, reference], [relabelled, relabelled]) == 2.0
-
-
-def test_same_numbers_as_the_sensitivity_and_bench_functions_they_replace() -> None:
-    from rtq.bench import score_fidelity
-    from rtq.debug.sensitivity import relative_l2, sorted_scores_l2
-
-    rng = np.random.default_rng(1)
-    reference = [{"scores": rng.uniform(size=(2, 20)).astype(np.float32),
-                  "labels": rng.integers(0, 80, (2, 20)),
-                  "boxes": rng.normal(size=(2, 20, 4)).astype(np.float32)} for _ in range(3)]
-    candidate = [{k: v + (rng.normal(scale=0.01, size=v.shape).astype(v.dtype) if v.dtype.kind == "f" else 0)
-                  for k, v in feed.items()} for feed in reference]
-    assert metric("relative_l2")(reference, candidate) == relative_l2(reference, candidate)
-    assert metric("sorted_scores_l2")(reference, candidate) == sorted_scores_l2(reference, candidate)
-    assert score_fidelity_report(reference[0], candidate[0]) == score_fidelity(reference[0], candidate[0])

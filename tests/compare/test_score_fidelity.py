@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rtq.evaluate.score_fidelity import score_fidelity
+from rtq.compare.metrics import score_fidelity_report as score_fidelity
 
 
 def test_score_fidelity() -> None:
