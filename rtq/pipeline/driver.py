@@ -80,9 +80,9 @@ def check_chain(cfg: DictConfig, source: Source | None = None) -> list[StageSpec
                 makers = sorted({m for o in options for m in _makers(o, cfg)} - {spec.name})
                 fix = f"put {' or '.join(makers)} before it in `stages`" if makers else "no stage makes it"
                 kind = "a torch" if source == "torch" else "an ONNX"
-                before = names[: names.index(spec.name)]
+                earlier = names[: names.index(spec.name)]
                 raise UserError(
-                    f"stage {spec.name!r} needs {wanted}, which {kind} model with stages {before} does not have; {fix}"
+                    f"stage {spec.name!r} needs {wanted}, which {kind} model with stages {earlier} does not have; {fix}"
                 )
         available = available | spec.makes_for(cfg, available)
     return chain
