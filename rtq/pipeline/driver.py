@@ -82,7 +82,8 @@ def check_chain(cfg: DictConfig, source: Source | None = None) -> list[StageSpec
                 kind = "a torch" if source == "torch" else "an ONNX"
                 earlier = names[: names.index(spec.name)]
                 raise UserError(
-                    f"stage {spec.name!r} needs {wanted}, which {kind} model with stages {earlier} does not have; {fix}"
+                    f"stage {spec.name!r} needs {wanted}, which {kind} model with stages {earlier} "
+                    f"does not have; {fix}"
                 )
         available = available | spec.makes_for(cfg, available)
     return chain
