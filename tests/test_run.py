@@ -77,10 +77,11 @@ def test_int8_extra_outputs_runs_every_stage_but_build_and_reuses_the_calibratio
     proc, run_dir = run_rtq(tmp_path, *common, "compare.num_images=1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     stages = stage_status(run_dir)
-    assert [s for s in stages] == ["quantize", "export", "surgery", "build", "compare", "evaluate"]
+    assert list(stages) == ["quantize", "export", "fidelity", "surgery", "build", "compare", "evaluate"]
     assert stages["build"]["status"] == "skipped"
     assert stages["build"]["reason"] == "TensorRT not installed"
-    assert all(stages[s]["status"] == "ok" for s in ("quantize", "export", "surgery", "compare", "evaluate"))
+    ran = ("quantize", "export", "fidelity", "surgery", "compare", "evaluate")
+    assert all(stages[s]["status"] == "ok" for s in ran)
 
     marked = onnx.load(str(run_dir / "model.mark_extra_outputs.onnx"), load_external_data=False)
     outputs = [o.name for o in marked.graph.output]
@@ -91,7 +92,8 @@ def test_int8_extra_outputs_runs_every_stage_but_build_and_reuses_the_calibratio
     assert row["precision"] == "int8" and row["recipe"] == "int8_default"
     assert row["quantizers"]["total"] > 0
     assert any("TensorRT not installed" in s for s in row["skipped"])
-    fidelity = row["fidelity"]  # torch fake-quant vs the exported Q/DQ graph, recorded by the export stage
+    assert row["backend"] == "onnxruntime"  # what ran: the build was skipped, so not "tensorrt"
+    fidelity = row["fidelity"]  # torch fake-quant vs the exported Q/DQ graph, recorded by the fidelity stage
     assert fidelity["raw_float64_within_tolerance"] == 1.0
     assert fidelity["raw_float64_pred_logits_max_abs"] <= 1e-4
     assert fidelity["raw_float64_pred_boxes_max_abs"] <= 1e-4
@@ -102,8 +104,10 @@ def test_int8_extra_outputs_runs_every_stage_but_build_and_reuses_the_calibratio
     again, run_dir2 = run_rtq(tmp_path / "second", *common, "compare.num_images=2", cache=tmp_path / "cache")
     assert again.returncode == 0, again.stderr[-3000:]
     stages2 = stage_status(run_dir2)
-    assert stages2["quantize"]["status"] == "cached"
-    assert json.loads((run_dir2 / "results.json").read_text())["cache"] == "exported ONNX reused"
+    assert stages2["quantize"]["status"] == "cached" and stages2["export"]["status"] == "cached"
+    row2 = json.loads((run_dir2 / "results.json").read_text())
+    assert row2["quantizers"] == row["quantizers"]  # the restored model is the calibrated one
+    assert row2["fidelity"]["raw_float64_within_tolerance"] == 1.0
 
 
 @pytest.mark.parametrize(
