@@ -1,4 +1,4 @@
-"""Torch sensitivity: modelopt fake-quant of a real network with module groups left in float."""
+"""Torch sensitivity: `rtq.quant.quantize` of a real network with module groups left in float."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from rtq.debug.auto_recipe import greedy_float_groups
-from rtq.debug.sensitivity import TorchProbe, torch_sensitivity
+from rtq.debug.torch_probe import TorchProbe, torch_sensitivity
 
 
 class SmallNet(nn.Module):
@@ -25,15 +25,15 @@ class SmallNet(nn.Module):
         return (self.head(torch.relu(self.middle(x))),)
 
 
-def _probe() -> TorchProbe:
-    def factory() -> nn.Module:
-        torch.manual_seed(0)
-        return SmallNet()
-
+def _feeds() -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(0)
-    feeds = [{"images": rng.uniform(0, 1, size=(2, 3, 16, 16)).astype(np.float32)} for _ in range(2)]
+    return [{"images": rng.uniform(0, 1, size=(2, 3, 16, 16)).astype(np.float32)} for _ in range(2)]
+
+
+def _probe(recipe: str = "int8_default") -> TorchProbe:
+    torch.manual_seed(0)
     groups = {"stem": "stem", "middle": "middle", "head": "head"}
-    return TorchProbe(factory, feeds, groups, log=lambda _line: None)
+    return TorchProbe(SmallNet(), _feeds(), groups, recipe=recipe, log=lambda _line: None)
 
 
 def test_all_float_is_exact_and_all_int8_is_not() -> None:
@@ -71,13 +71,22 @@ def test_rtdetr_groups_of_the_deploy_model_are_valid_recipe_exclusions() -> None
     assert rtdetr_module_groups(model.model) == groups  # the bare network gives the same groups
 
 
-def test_sorted_scores_metric_ignores_detection_order_but_not_confidence() -> None:
-    from rtq.debug.sensitivity import relative_l2, sorted_scores_l2
+def test_a_variant_is_the_quantization_the_pipeline_deploys() -> None:
+    """Histogram finishing and all: the probe's number is the error of `quantize`'s model."""
+    from rtq.debug.sensitivity import relative_l2
+    from rtq.quant.quantize import quantize
 
-    scores = np.array([[0.9, 0.5, 0.2, 0.1]])
-    reference = [{"scores": scores, "boxes": np.arange(16.0).reshape(1, 4, 4)}]
-    shuffled = [{"scores": scores[:, ::-1].copy(), "boxes": np.arange(16.0)[::-1].reshape(1, 4, 4)}]
-    assert sorted_scores_l2(reference, shuffled) == 0.0
-    assert relative_l2(reference, shuffled) > 0.5  # the positional metric reads reordering as error
-    lower = [{"scores": scores * 0.9, "boxes": reference[0]["boxes"]}]
-    assert abs(sorted_scores_l2(reference, lower) - 0.1) < 1e-12
+    probe = _probe("int8_histogram")
+    deployed = quantize(probe.model, probe.recipe_without(["head"]), _feeds())
+    with torch.no_grad():
+        outputs = [{"labels": deployed(torch.from_numpy(f["images"]))[0].numpy()} for f in _feeds()]
+    measured = probe.measure(["head"]).fidelity
+    assert measured > 1e-3
+    assert measured == relative_l2(probe.reference, outputs)
+
+
+def test_measuring_leaves_the_fp32_model_fp32() -> None:
+    probe = _probe()
+    probe.measure([])
+    assert not any("quantizer" in name for name, _ in probe.model.named_modules())
+    assert probe.measure(["stem", "middle", "head"]).fidelity == 0.0
