@@ -172,7 +172,10 @@ def _sensitivity(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def _sensitivity_diff(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from rtq.debug.sensitivity_diff import write_diff
 
-    print(write_diff(args.before, args.after, args.out, _command(argv), args.title, args.note))
+    if len(args.before or []) != len(args.after or []):
+        raise UserError("give --before and --after the same number of times (one pair per run compared)")
+    pairs = list(zip(args.before or [], args.after or [], strict=True))
+    print(write_diff(pairs, args.out, _command(argv), args.title, args.note))
     return 0
 
 
@@ -245,8 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     sen.add_argument("--out", required=True)
 
     diff = sub.add_parser("sensitivity-diff", help="two sensitivity JSONs of one model side by side")
-    diff.add_argument("before", help="sensitivity_<model>.json of the first run")
-    diff.add_argument("after", help="sensitivity_<model>.json of the second run")
+    diff.add_argument("--before", action="append", help="sensitivity JSON of a first run (repeatable)")
+    diff.add_argument("--after", action="append", help="sensitivity JSON of its second run")
     diff.add_argument("--out", required=True, help="Markdown file to write")
     diff.add_argument("--title", default="", help="heading (default: 'Sensitivity before vs after: MODEL')")
     diff.add_argument("--note", default="", help="paragraph under the heading")

@@ -6,6 +6,7 @@ in both runs, and Spearman's rank correlation says how much of the ordering surv
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from rtq.debug.sensitivity import SensitivityResult
@@ -30,23 +31,15 @@ def spearman(first: dict[str, int], second: dict[str, int]) -> float:
     return 1.0 - 6.0 * d2 / (n * (n * n - 1))
 
 
-def diff_markdown(
-    before: SensitivityResult, after: SensitivityResult, command: str, title: str = "", note: str = ""
-) -> str:
-    """The comparison table: per group, fidelity with only it in float and only it in INT8, and ranks."""
+def diff_section(before: SensitivityResult, after: SensitivityResult) -> list[str]:
+    """One pair of runs: per group, fidelity with only it in float and only it in INT8, and ranks."""
     rank_before, rank_after = ranks(before), ranks(after)
     rho = spearman(rank_before, rank_after)
     rows_before = {g.group: g for g in before.groups}
+    recipe = after.settings.get("recipe")
     lines = [
-        f"# {title or f'Sensitivity before vs after: {after.model}'}",
+        f"## {after.model}" + (f", recipe `{recipe}`" if recipe else ""),
         "",
-        "Produced by:",
-        "",
-        "```",
-        command,
-        "```",
-        "",
-        *([note, ""] if note else []),
         f"- before: `{before.command}`" if before.command else "- before: (no command recorded)",
         f"- after: `{after.command}`" if after.command else "- after: (no command recorded)",
         f"- fidelity metric: {after.fidelity_metric}",
@@ -64,13 +57,35 @@ def diff_markdown(
             f"| {b.only_quantized.fidelity:.4f} | {g.only_quantized.fidelity:.4f} "
             f"| {rank_before[g.group]} | {rank_after[g.group]} |"
         )
-    return "\n".join(lines) + "\n"
+    return [*lines, ""]
+
+
+def diff_markdown(
+    pairs: Sequence[tuple[SensitivityResult, SensitivityResult]],
+    command: str,
+    title: str = "",
+    note: str = "",
+) -> str:
+    """The comparison document: the command that wrote it, an optional note, one section per pair."""
+    if not pairs:
+        raise UserError("give at least one --before/--after pair of sensitivity JSONs")
+    heading = title or f"Sensitivity before vs after: {pairs[0][1].model}"
+    lines = [f"# {heading}", "", "Produced by:", "", "```", command, "```", ""]
+    if note:
+        lines += [note, ""]
+    for before, after in pairs:
+        lines += diff_section(before, after)
+    return "\n".join(lines)
 
 
 def write_diff(
-    before: str | Path, after: str | Path, out: str | Path, command: str, title: str = "", note: str = ""
+    pairs: Sequence[tuple[str | Path, str | Path]],
+    out: str | Path,
+    command: str,
+    title: str = "",
+    note: str = "",
 ) -> str:
-    """Read two `sensitivity_<model>.json` files, write the comparison to `out`, return it."""
-    text = diff_markdown(load_result(before), load_result(after), command, title, note)
+    """Read (before, after) pairs of `sensitivity_<model>.json` files, write the comparison to `out`."""
+    text = diff_markdown([(load_result(b), load_result(a)) for b, a in pairs], command, title, note)
     write_atomic(out, text)
     return text

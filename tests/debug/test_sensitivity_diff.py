@@ -30,7 +30,7 @@ def test_ranks_follow_recovery_and_spearman_reads_agreement() -> None:
 
 def test_table_has_both_fidelities_and_ranks_per_group() -> None:
     text = diff_markdown(
-        _result({"a": 0.1, "b": 0.3}, 0.6, "run 1"), _result({"a": 0.4, "b": 0.2}, 0.5, "run 2"), "cmd"
+        [(_result({"a": 0.1, "b": 0.3}, 0.6, "run 1"), _result({"a": 0.4, "b": 0.2}, 0.5, "run 2"))], "cmd"
     )
     assert "```\ncmd\n```" in text and "`run 1`" in text and "`run 2`" in text
     assert "before 0.6000, after 0.5000" in text
@@ -43,7 +43,10 @@ def test_command_line_writes_the_comparison(tmp_path: Path) -> None:
     before, _ = write_reports(_result({"a": 0.1, "b": 0.3}, 0.6, "r1"), tmp_path / "before")
     after, _ = write_reports(_result({"a": 0.1, "b": 0.3}, 0.6, "r2"), tmp_path / "after")
     out = tmp_path / "diff.md"
-    assert main(["sensitivity-diff", str(before), str(after), "--out", str(out), "--note", "why"]) == 0
+    argv = ["sensitivity-diff", "--before", str(before), "--after", str(after), "--out", str(out)]
+    assert main([*argv, "--note", "why"]) == 0
     text = out.read_text()
     assert text.startswith("# Sensitivity before vs after: toy\n")
-    assert f"sensitivity-diff {before} {after} --out {out}" in text and "\nwhy\n" in text
+    assert " ".join(argv) in text and "\nwhy\n" in text and text.count("## toy") == 1
+    with pytest.raises(SystemExit):
+        main([*argv, "--before", str(before)])  # a run without its pair
