@@ -39,15 +39,15 @@ def rtdetr_qdq(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path
 
 def _export_rtdetr_qdq(name: str, folder: Path) -> Path:
     from rtq.data.calib import CalibrationImages
-    from rtq.debug.__main__ import _data_dir, generic_feeds_rtdetr
     from rtq.export.onnx_export import export_onnx
     from rtq.models.postprocess import RTDETRPostProcessor
     from rtq.models.registry import construct, get_variant
-    from rtq.models.rtdetr import RTDETRDeploy
-    from rtq.quant.calibrate import quantize_model
+    from rtq.models.rtdetr import RTDETRIO, RTDETRDeploy
+    from rtq.paths import data_dir
+    from rtq.quant.quantize import quantize
     from rtq.quant.recipes import load_recipe
 
-    calib = _data_dir("coco_calib")
+    calib = data_dir("coco_calib")
     if calib is None:
         pytest.skip("coco_calib images not found (bundled data/ or ../shared)")
     torch.manual_seed(0)
@@ -57,10 +57,9 @@ def _export_rtdetr_qdq(name: str, folder: Path) -> Path:
     for module_name, module in model.named_modules():  # the official init zeroes these: make them count
         if module_name.endswith(("sampling_offsets", "attention_weights")):
             torch.nn.init.normal_(module.weight, std=0.02)
-    feeds = [
-        generic_feeds_rtdetr(image, RTDETR_TEST_SIZE) for image in CalibrationImages(calib, max_images=1)
-    ]
-    quantized = quantize_model(model.eval(), load_recipe("int8_default"), feeds, progress=False)
+    io = RTDETRIO(RTDETR_TEST_SIZE)
+    feeds = [io.preprocess([image])[0] for image in CalibrationImages(calib, max_images=1)]
+    quantized = quantize(model, load_recipe("int8_default"), feeds)
     path = folder / f"{name}_qdq.onnx"
     export_onnx(quantized, path, image_size=RTDETR_TEST_SIZE)
     return path

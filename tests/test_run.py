@@ -230,3 +230,21 @@ def test_an_onnx_path_that_is_no_detector_is_one_line(tmp_path: Path, kind: str)
         write_junk(path, kind)
     proc, run_dir = run_rtq(tmp_path, "experiment=yolox_fp32", f"model.onnx_path={path}", "data.max_images=1")
     assert_one_line_user_error(proc, run_dir, str(path), "model.onnx_path=")
+
+
+def test_rows_say_what_ran_and_with_which_onnxruntime_settings(tmp_path: Path) -> None:
+    from rtq.backends.tensorrt.compat import tensorrt_available
+
+    quick = ["data.max_images=1", "evaluate.sweep_batches=[]", "evaluate.warmup=0", "evaluate.iterations=1"]
+    proc, run_dir = run_rtq(tmp_path / "fp16", "experiment=fp16", *quick, cache=tmp_path / "cache")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads((run_dir / "results.json").read_text())
+    if tensorrt_available():
+        assert (row["backend"], row["precision"]) == ("tensorrt", "fp16")
+    else:  # the build was skipped: the FP32 ONNX ran in ONNX Runtime, and the row says so
+        assert (row["backend"], row["precision"]) == ("onnxruntime", "fp32")
+    ort = ["experiment=fp32_onnx", "backend.intra_op_threads=1", *quick]
+    proc, run_dir = run_rtq(tmp_path / "ort", *ort, cache=tmp_path / "cache")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads((run_dir / "results.json").read_text())
+    assert row["backend_settings"] == {"intra_op_threads": 1}

@@ -1,4 +1,4 @@
-"""Command line: `python -m rtq.debug localize | sensitivity | fidelity ...`."""
+"""Command line: `python -m rtq.debug localize | sensitivity | sensitivity-diff | fidelity ...`."""
 
 from __future__ import annotations
 
@@ -7,59 +7,20 @@ import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 
 from rtq.errors import StageSkipped, UserError, exit_on_user_error
+from rtq.paths import data_dir
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _data_dir(name: str) -> Path | None:
-    """Bundled data folder, or the shared copy beside the project."""
-    for root in (REPO / "data", REPO.parent / "shared" / "data", Path("/work/shared/data")):
-        if (root / name).is_dir():
-            return root / name
-    return None
-
-
-def _images(source: str | None, count: int) -> list[np.ndarray]:
-    from rtq.data.calib import CalibrationImages
-
-    folder = source or _data_dir("coco_calib")
-    if folder is None:
-        raise UserError("no calibration images found: pass --images DIR")
-    return list(CalibrationImages(folder, max_images=count))
-
-
-def generic_feeds(model: onnx.ModelProto, images: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """Feed for an RT-DETR-style graph: images resized to the input side in 0..1, sizes as (w, h).
-
-    The localiser compares a graph with itself, so exact preprocessing matters less than realistic
-    value ranges; a float [N,3,H,W] input gets the images, an int64 [N,2] input their sizes.
-    """
-    from PIL import Image
-
-    feeds: dict[str, np.ndarray] = {}
-    initializers = {i.name for i in model.graph.initializer}
-    for info in model.graph.input:
-        if info.name in initializers:
-            continue
-        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in info.type.tensor_type.shape.dim]
-        if info.type.tensor_type.elem_type == onnx.TensorProto.FLOAT and len(dims) == 4:
-            h, w = dims[2] or 640, dims[3] or 640
-            arrays = [np.asarray(Image.fromarray(im).resize((w, h)), np.float32) / 255.0 for im in images]
-            feeds[info.name] = np.stack(arrays).transpose(0, 3, 1, 2).copy()
-        elif len(dims) == 2:
-            feeds[info.name] = np.array([[im.shape[1], im.shape[0]] for im in images], dtype=np.int64)
-        else:
-            raise UserError(f"cannot synthesise a feed for input {info.name!r} with shape {dims}")
-    return feeds
-
+if TYPE_CHECKING:
+    from rtq.debug.sensitivity import Metrics, SensitivityResult
+    from rtq.models.family import Detector
 
 def _localize(args: argparse.Namespace) -> int:
+    from rtq.debug.inputs import model_family, sample_images
     from rtq.debug.localize import localize
     from rtq.debug.oracles import FaultInjectionOracle, Oracle, TensorRTOracle
     from rtq.debug.structure import find_fusion_clusters, select_clusters
@@ -68,7 +29,7 @@ def _localize(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise UserError(f"--onnx {path} does not exist: export the Q/DQ model first")
     model = onnx.load(str(path))
-    feeds = generic_feeds(model, _images(args.images, args.num_images))
+    feeds = model_family(args.model).graph_feeds(model, sample_images(args.images, args.num_images))
     oracle: Oracle
     if args.oracle == "fault":
         layers = [int(x) for x in args.fault_layers.split(",")] if args.fault_layers else None
@@ -100,89 +61,97 @@ def _localize(args: argparse.Namespace) -> int:
     return 0 if result.status != "not_fixed_by_marking" else 1
 
 
-def _sensitivity(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from rtq.debug import sensitivity as sens
-    from rtq.debug.auto_recipe import greedy_float_groups, onnx_recipe_dict, recipe_dict, write_recipe
+Measure = Callable[[Sequence[str]], "Metrics"]
+MakeRecipe = Callable[[list[str], str], dict[str, Any]]
 
-    command = "python -m rtq.debug " + " ".join(shlex.quote(a) for a in argv)
-    out = Path(args.out)
-    coco = (
-        None if args.no_ap else (Path(args.coco_root) if args.coco_root else _data_dir("coco_val2017_mini"))
+
+def _command(argv: Sequence[str]) -> str:
+    return "python -m rtq.debug " + " ".join(shlex.quote(a) for a in argv)
+
+
+def _onnx_probe(
+    args: argparse.Namespace, detector: Detector, groups: dict[str, Any], images: list[np.ndarray]
+) -> tuple[Callable[[], SensitivityResult], Measure, MakeRecipe]:
+    """ONNX PTQ of the detector's source graph, with AP where a COCO folder is given."""
+    from rtq.data.calib import calibration_batches
+    from rtq.debug.auto_recipe import onnx_recipe_dict
+    from rtq.debug.onnx_probe import OnnxProbe, onnx_sensitivity
+
+    if detector.source_onnx is None:
+        raise UserError(f"{detector.name} has no source ONNX; pass --onnx FILE")
+    coco = None if args.no_ap else (Path(args.coco_root) if args.coco_root else data_dir("coco_val2017_mini"))
+    feeds = list(calibration_batches(images, detector.io, batch_size=1))
+    probe = OnnxProbe(
+        detector.source_onnx, detector.io, feeds, groups, coco, args.eval_images, args.method,
+        Path(args.out) / "models",
     )
-    reused = sens.load_result(args.from_json) if args.from_json else None
+
+    def make_recipe(float_groups: list[str], description: str) -> dict[str, Any]:
+        return onnx_recipe_dict(
+            args.auto_recipe, probe.float_nodes(float_groups), description,
+            method=args.method, calib_images=args.calib_images,
+        )
+
+    return lambda: onnx_sensitivity(probe), probe.measure, make_recipe
+
+
+def _torch_probe(
+    args: argparse.Namespace, detector: Detector, groups: dict[str, Any], images: list[np.ndarray]
+) -> tuple[Callable[[], SensitivityResult], Measure, MakeRecipe]:
+    """`rtq.quant.quantize` of copies of the detector's torch model; fidelity of the sorted scores."""
+    from rtq.debug.auto_recipe import recipe_dict
+    from rtq.debug.sensitivity import sorted_scores_l2
+    from rtq.debug.torch_probe import TorchProbe, torch_sensitivity
+
+    if args.max_ap_drop is not None:
+        raise UserError(
+            f"{detector.name} sensitivity measures fidelity: use --max-fidelity, not --max-ap-drop"
+        )
+    probe = TorchProbe(
+        detector.torch_model,
+        [detector.io.preprocess([image])[0] for image in images],
+        groups,
+        recipe=args.recipe,
+        metric=sorted_scores_l2,
+        metric_name="relative L2 error of the sorted detection scores vs FP32",
+    )
+
+    def make_recipe(float_groups: list[str], description: str) -> dict[str, Any]:
+        import yaml
+
+        from rtq.quant.recipes import RECIPE_DIR
+
+        base_path = RECIPE_DIR / f"{args.recipe}.yaml"
+        base = yaml.safe_load(base_path.read_text()) if base_path.is_file() else None
+        return recipe_dict(args.auto_recipe, [groups[g] for g in float_groups], description, base)
+
+    return lambda: torch_sensitivity(probe, detector.name), probe.measure, make_recipe
+
+
+def _sensitivity(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """Rank the detector's quantization groups (its family names them), optionally emit a recipe."""
+    from rtq.debug.auto_recipe import greedy_float_groups, write_recipe
+    from rtq.debug.inputs import load_named_detector, sample_images
+    from rtq.debug.sensitivity_report import load_result, write_reports
+
+    command = _command(argv)
+    out = Path(args.out)
+    reused = load_result(args.from_json) if args.from_json else None
     if reused is not None:
         # measure the greedy steps with the settings the ranking was measured with
         args.calib_images = int(reused.settings.get("calibration_images", args.calib_images))
         args.method = str(reused.settings.get("method", args.method))
-    images = _images(args.calib, args.calib_images)
-    make_recipe: Callable[[list[str], str], dict[str, Any]]
-    if args.model == "yolox_nano":
-        from rtq.data.calib import calibration_batches
-        from rtq.models.adapters.yolox import YoloxIO
-
-        onnx_path = Path(args.onnx or REPO / "models" / "yolox_nano.onnx")
-        if not onnx_path.is_file():
-            raise UserError(f"--onnx {onnx_path} does not exist: point it at yolox_nano.onnx")
-        groups = sens.yolox_node_groups(onnx.load(str(onnx_path)))
-        feeds = list(calibration_batches(images, YoloxIO(), batch_size=1))
-        probe = sens.OnnxProbe(onnx_path, feeds, groups, coco, args.eval_images, args.method, out / "models")
-        result = reused if reused is not None else sens.onnx_sensitivity(probe)
-
-        def measure(float_groups: Sequence[str]) -> sens.Metrics:
-            return probe.measure(float_groups)
-
-        def make_recipe(float_groups: list[str], description: str) -> dict[str, Any]:
-            return onnx_recipe_dict(
-                args.auto_recipe,
-                probe.float_nodes(float_groups),
-                description,
-                method=args.method,
-                calib_images=args.calib_images,
-            )
-    elif args.model.startswith("rtdetrv2_"):
-        import torch
-
-        from rtq.models.build import build_deploy_model
-        from rtq.models.families.rtdetr import rtdetr_module_groups
-
-        def factory() -> torch.nn.Module:
-            torch.manual_seed(0)
-            return build_deploy_model(args.model, args.checkpoint)
-
-        feeds_list = [generic_feeds_rtdetr(im) for im in images]
-        groups_glob = rtdetr_module_groups(factory())
-        if args.max_ap_drop is not None:
-            raise UserError("RT-DETR sensitivity measures fidelity: use --max-fidelity, not --max-ap-drop")
-        torch_probe = sens.TorchProbe(
-            factory,
-            feeds_list,
-            groups_glob,
-            recipe=args.recipe,
-            metric=sens.sorted_scores_l2,
-            metric_name="relative L2 error of the sorted detection scores vs FP32",
-        )
-        if reused is not None:
-            result = reused
-        else:
-            result = sens.torch_sensitivity(torch_probe)
-            result.model = args.model
-
-        def measure(float_groups: Sequence[str]) -> sens.Metrics:
-            return torch_probe.measure(float_groups)
-
-        def make_recipe(float_groups: list[str], description: str) -> dict[str, Any]:
-            import yaml
-
-            from rtq.quant.recipes import RECIPE_DIR
-
-            base_path = RECIPE_DIR / f"{args.recipe}.yaml"
-            base = yaml.safe_load(base_path.read_text()) if base_path.is_file() else None
-            return recipe_dict(args.auto_recipe, [groups_glob[g] for g in float_groups], description, base)
+    images = sample_images(args.calib, args.calib_images)
+    detector = load_named_detector(args.model, checkpoint=args.checkpoint, onnx_path=args.onnx)
+    groups = detector.family.quant_groups(detector)
+    setup = _onnx_probe if detector.family.source == "onnx" else _torch_probe
+    run, measure, make_recipe = setup(args, detector, groups, images)
+    if reused is not None:
+        result = reused
     else:
-        raise UserError(f"--model {args.model!r} is unknown; use yolox_nano or rtdetrv2_r18vd")
-    if reused is None:
+        result = run()
         result.command = command
-    json_path, md_path = sens.write_reports(result, out, stem=f"sensitivity_{args.model}")
+    json_path, md_path = write_reports(result, out, stem=f"sensitivity_{args.model}")
     print(md_path.read_text())
     if args.auto_recipe:
         chosen = greedy_float_groups(result, measure, args.max_ap_drop, args.max_fidelity)
@@ -200,15 +169,26 @@ def _sensitivity(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
+def _sensitivity_diff(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from rtq.debug.sensitivity_diff import write_diff
+
+    if len(args.before or []) != len(args.after or []):
+        raise UserError("give --before and --after the same number of times (one pair per run compared)")
+    pairs = list(zip(args.before or [], args.after or [], strict=True))
+    print(write_diff(pairs, args.out, _command(argv), args.title, args.note))
+    return 0
+
+
 def _fidelity(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from rtq.debug.fidelity_report import recipe_fidelity, write_fidelity_report
+    from rtq.debug.inputs import sample_images
 
-    command = "python -m rtq.debug " + " ".join(shlex.quote(a) for a in argv)
-    calib = args.calib or _data_dir("coco_calib")
+    command = _command(argv)
+    calib = args.calib or data_dir("coco_calib")
     if calib is None:
         raise UserError("no calibration images found: pass --calib DIR")
-    val = _data_dir("coco_val2017_mini")
-    images = _images(args.images or (str(val / "val2017") if val else None), args.num_images)
+    val = data_dir("coco_val2017_mini")
+    images = sample_images(args.images or (str(val / "val2017") if val else None), args.num_images)
     rows = []
     for recipe in args.recipe or ["int8_default"]:
         print(f"measuring {args.model} with recipe {recipe} ...", flush=True)
@@ -218,23 +198,15 @@ def _fidelity(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0 if within else 1
 
 
-def generic_feeds_rtdetr(image: np.ndarray, size: int = 640) -> dict[str, np.ndarray]:
-    """RT-DETR feed of one image: `size` x `size` in 0..1 plus its (w, h)."""
-    from PIL import Image
-
-    resized = np.asarray(Image.fromarray(image).resize((size, size)), np.float32) / 255.0
-    return {
-        "images": resized.transpose(2, 0, 1)[None].copy(),
-        "orig_target_sizes": np.array([[image.shape[1], image.shape[0]]], dtype=np.int64),
-    }
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rtq.debug", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     loc = sub.add_parser("localize", help="find the extra outputs that stop a harmful fusion")
     loc.add_argument("--onnx", required=True, help="Q/DQ ONNX model")
+    loc.add_argument(
+        "--model", default="rtdetrv2_r18vd", help="conf/model/ config whose family makes the graph's feeds"
+    )
     loc.add_argument(
         "--oracle",
         choices=["fault", "tensorrt"],
@@ -257,12 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     loc.add_argument("--out", required=True)
 
     sen = sub.add_parser("sensitivity", help="per-group quantization sensitivity and auto recipe")
-    sen.add_argument("--model", required=True, help="yolox_nano | rtdetrv2_r18vd | rtdetrv2_r50vd")
-    sen.add_argument(
-        "--onnx", default=None, help="FP32 ONNX for ONNX models (default models/yolox_nano.onnx)"
-    )
+    sen.add_argument("--model", required=True, help="a conf/model/ config: yolox_nano, rtdetrv2_r18vd, ...")
+    sen.add_argument("--onnx", default=None, help="FP32 ONNX of an ONNX model (default: config onnx_path)")
     sen.add_argument("--checkpoint", default=None, help="RT-DETR checkpoint (default: random weights)")
-    sen.add_argument("--recipe", default="int8_default", help="RT-DETR base recipe")
+    sen.add_argument("--recipe", default="int8_default", help="base recipe of a torch model (conf/quant/)")
     sen.add_argument("--calib", default=None, help="calibration image folder (default coco_calib)")
     sen.add_argument("--calib-images", type=int, default=16)
     sen.add_argument("--method", default="max")
@@ -276,6 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--from-json", default=None, help="reuse the ranking of an earlier run's sensitivity_<model>.json"
     )
     sen.add_argument("--out", required=True)
+
+    diff = sub.add_parser("sensitivity-diff", help="two sensitivity JSONs of one model side by side")
+    diff.add_argument("--before", action="append", help="sensitivity JSON of a first run (repeatable)")
+    diff.add_argument("--after", action="append", help="sensitivity JSON of its second run")
+    diff.add_argument("--out", required=True, help="Markdown file to write")
+    diff.add_argument("--title", default="", help="heading (default: 'Sensitivity before vs after: MODEL')")
+    diff.add_argument("--note", default="", help="paragraph under the heading")
 
     fid = sub.add_parser("fidelity", help="torch fake-quant vs exported Q/DQ ONNX, float64 and float32")
     fid.add_argument("--model", default="rtdetrv2_r18vd", help="an RT-DETR variant of conf/model/")
@@ -298,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _localize(args)
     if args.command == "fidelity":
         return _fidelity(args, argv)
+    if args.command == "sensitivity-diff":
+        return _sensitivity_diff(args, argv)
     return _sensitivity(args, argv)
 
 

@@ -34,8 +34,9 @@ def recipe_fidelity(
     from rtq.export.onnx_export import export_raw_onnx
     from rtq.models import RTDETRIO, build_deploy_model
     from rtq.models.rtdetr import RawOutputs, raw_network
-    from rtq.quant.calibrate import calibration_feeds, quantize_model
+    from rtq.quant.calibrate import calibration_feeds
     from rtq.quant.fidelity import raw_output_fidelity
+    from rtq.quant.quantize import quantize
     from rtq.quant.quantizer_fidelity import quantizer_fidelity
     from rtq.quant.recipes import load_recipe
 
@@ -48,7 +49,7 @@ def recipe_fidelity(
         ),
     )
     io = RTDETRIO()
-    model = quantize_model(
+    model = quantize(
         build_deploy_model(model_name, checkpoint),
         recipe,
         calibration_feeds(recipe, io, calib),

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from rtq.debug.auto_recipe import greedy_float_groups, onnx_recipe_dict, recipe_dict, write_recipe
-from rtq.debug.sensitivity import GroupSensitivity, Metrics, SensitivityResult, load_result, write_reports
+from rtq.debug.sensitivity import GroupSensitivity, Metrics, SensitivityResult
+from rtq.debug.sensitivity_report import load_result, write_reports
 from rtq.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -103,12 +103,14 @@ def test_reduced_precision_fault_is_milder(toy_qdq: tuple[onnx.ModelProto, dict[
 
 def _check_rtdetr_localization(qdq_path: Path, layers: list[int]) -> None:
     """Plant faults in the decoder layers `layers`, search all candidates, expect exactly those layers."""
-    from rtq.debug.__main__ import _images, generic_feeds
+    from rtq.debug.inputs import sample_images
+    from rtq.models.family import get_family
 
     model = onnx.load(str(qdq_path))
     clusters = _offset_clusters(model, layers)
     assert [c.layer_index for c in clusters] == layers
-    oracle = FaultInjectionOracle(model, generic_feeds(model, _images(None, 1)), clusters)
+    feeds = get_family("rtdetr").graph_feeds(model, sample_images(None, 1))
+    oracle = FaultInjectionOracle(model, feeds, clusters)
     result = localize(model, oracle, verify_equivalents=False)
     assert result.status == "localized"
     planted = {t for c in clusters for t in c.tensors}

@@ -17,7 +17,7 @@ def test_qdq_export_gives_identical_per_image_results_at_batch_1_and_4(
     rtdetr_qdq: Callable[[str], Path],
 ) -> None:
     from rtq.data.calib import CalibrationImages
-    from rtq.debug.__main__ import generic_feeds
+    from rtq.models.family import get_family
 
     path = rtdetr_qdq("rtdetrv2_r18vd")
     model = onnx.load(str(path), load_external_data=False)
@@ -26,7 +26,7 @@ def test_qdq_export_gives_identical_per_image_results_at_batch_1_and_4(
     assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) > 150
 
     images = list(CalibrationImages(PROJECT_ROOT / "data" / "coco_val2017_mini" / "val2017", max_images=4))
-    singles = [generic_feeds(model, [image]) for image in images]
+    singles = [get_family("rtdetr").graph_feeds(model, [image]) for image in images]
     batch = {name: np.concatenate([feed[name] for feed in singles]) for name in singles[0]}
     runner = make_onnxrt_runner(path, mode="reference", providers=["CPUExecutionProvider"])
     with activated(runner):

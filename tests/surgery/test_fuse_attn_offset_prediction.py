@@ -191,7 +191,8 @@ def test_real_rtdetrv2_qdq_export(
     variant: str, layers: int, rtdetr_qdq: Callable[[str], Path], tmp_path: Path
 ) -> None:
     """Real RT-DETRv2 Q/DQ exports (modelopt INT8 default, random weights): fuse every decoder layer."""
-    from rtq.debug.__main__ import _images, generic_feeds
+    from rtq.debug.inputs import sample_images
+    from rtq.models.family import get_family
 
     qdq = rtdetr_qdq(variant)
     fused_path = tmp_path / "fused.onnx"
@@ -211,7 +212,7 @@ def test_real_rtdetrv2_qdq_export(
     # The plugin outputs of the first layer see the same int8 query in both graphs: float-level agreement.
     marked = tmp_path / "marked.onnx"
     run_passes(qdq, marked, [{"name": "mark_extra_outputs", "options": {"preset": "both"}}])
-    feed = generic_feeds(onnx.load(str(qdq)), _images(None, 1))
+    feed = get_family("rtdetr").graph_feeds(onnx.load(str(qdq)), sample_images(None, 1))
     first = list(plugin_nodes[0].output)
     ref = _run(marked, feed, first)
     got = _run(to_ort_domain(fused), feed, first)

@@ -25,7 +25,7 @@ def build_adapter(name: str, **options: Any) -> DetectorIO:
 def node_groups(name: str, model: Any) -> dict[str, Any]:
     """Named node groups of an adapter's ONNX graph (for sensitivity); see each adapter's module."""
     if name == "yolox":
-        from rtq.debug.sensitivity import yolox_node_groups
+        from rtq.models.adapters.yolox_groups import yolox_node_groups
 
         return yolox_node_groups(model)
     raise UserError(f"adapter {name!r} defines no node groups for sensitivity")
