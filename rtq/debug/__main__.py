@@ -99,8 +99,8 @@ def _torch_probe(
     args: argparse.Namespace, detector: Detector, groups: dict[str, Any], images: list[np.ndarray]
 ) -> tuple[Callable[[], SensitivityResult], Measure, MakeRecipe]:
     """`rtq.quant.quantize` of copies of the detector's torch model; fidelity of the sorted scores."""
+    from rtq.compare.metrics import metric
     from rtq.debug.auto_recipe import recipe_dict
-    from rtq.debug.sensitivity import sorted_scores_l2
     from rtq.debug.torch_probe import TorchProbe, torch_sensitivity
 
     if args.max_ap_drop is not None:
@@ -112,7 +112,7 @@ def _torch_probe(
         [detector.io.preprocess([image])[0] for image in images],
         groups,
         recipe=args.recipe,
-        metric=sorted_scores_l2,
+        metric=metric("sorted_scores_l2"),
         metric_name="relative L2 error of the sorted detection scores vs FP32",
     )
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rtq.debug.sensitivity import Feeds, GroupSensitivity, Metrics, SensitivityResult, relative_l2
+from rtq.compare.metrics import metric
+from rtq.debug.sensitivity import Feeds, GroupSensitivity, Metrics, SensitivityResult
 from rtq.models.io import DetectorIO
 
 
@@ -84,7 +85,7 @@ class OnnxProbe:
         quantize_onnx_excluding(
             self.onnx_path, out, self.calib_feeds, self.method, self.float_nodes(float_groups)
         )
-        fidelity = relative_l2(self.reference, _run_onnx(out, self.calib_feeds))
+        fidelity = metric("relative_l2")(self.reference, _run_onnx(out, self.calib_feeds))
         ap, ap50 = _coco_ap_onnx(out, self.io, self.coco_root, self.eval_images)
         self.log(f"  {tag:<28} fidelity {fidelity:.4f}  AP {ap}")
         return Metrics(fidelity, ap, ap50)

@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from rtq.debug.sensitivity import Feeds, GroupSensitivity, Metric, Metrics, SensitivityResult, relative_l2
+from rtq.compare.metrics import Metric
+from rtq.compare.metrics import metric as metric_factory
+from rtq.debug.sensitivity import Feeds, GroupSensitivity, Metrics, SensitivityResult
 from rtq.quant.recipes import Recipe
 
 
@@ -32,7 +34,7 @@ class TorchProbe:
         groups: dict[str, str],
         recipe: Recipe | str = "int8_default",
         log: Callable[[str], None] = print,
-        metric: Metric = relative_l2,
+        metric: Metric | None = None,
         metric_name: str = "relative L2 error of the outputs vs FP32",
     ) -> None:
         from rtq.quant.recipes import load_recipe
@@ -41,7 +43,8 @@ class TorchProbe:
         self.calib_feeds = calib_feeds
         self.groups = groups
         self.base = load_recipe(recipe) if isinstance(recipe, str) else recipe
-        self.metric, self.metric_name = metric, metric_name
+        self.metric: Metric = metric if metric is not None else metric_factory("relative_l2")
+        self.metric_name = metric_name
         self.log = log
         self.reference = self._outputs(self.model)
 

@@ -6,7 +6,9 @@ import numpy as np
 
 
 def test_sorted_scores_metric_ignores_detection_order_but_not_confidence() -> None:
-    from rtq.debug.sensitivity import relative_l2, sorted_scores_l2
+    from rtq.compare.metrics import metric
+
+    relative_l2, sorted_scores_l2 = metric("relative_l2"), metric("sorted_scores_l2")
 
     scores = np.array([[0.9, 0.5, 0.2, 0.1]])
     reference = [{"scores": scores, "boxes": np.arange(16.0).reshape(1, 4, 4)}]

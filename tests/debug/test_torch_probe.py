@@ -73,7 +73,7 @@ def test_rtdetr_groups_of_the_deploy_model_are_valid_recipe_exclusions() -> None
 
 def test_a_variant_is_the_quantization_the_pipeline_deploys() -> None:
     """Histogram finishing and all: the probe's number is the error of `quantize`'s model."""
-    from rtq.debug.sensitivity import relative_l2
+    from rtq.compare.metrics import metric
     from rtq.quant.quantize import quantize
 
     probe = _probe("int8_histogram")
@@ -82,7 +82,7 @@ def test_a_variant_is_the_quantization_the_pipeline_deploys() -> None:
         outputs = [{"labels": deployed(torch.from_numpy(f["images"]))[0].numpy()} for f in _feeds()]
     measured = probe.measure(["head"]).fidelity
     assert measured > 1e-3
-    assert measured == relative_l2(probe.reference, outputs)
+    assert measured == metric("relative_l2")(probe.reference, outputs)
 
 
 def test_measuring_leaves_the_fp32_model_fp32() -> None:

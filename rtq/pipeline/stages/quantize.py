@@ -44,7 +44,8 @@ def stage_quantize(ctx: StageContext) -> StageResult:
     """Calibrate a copy of the torch model with the `quant` recipe (modelopt fake-quant)."""
     import modelopt.torch.opt as mto
 
-    from rtq.quant.calibrate import calibration_feeds, quantize_model
+    from rtq.quant.calibrate import calibration_feeds
+    from rtq.quant.quantize import quantize
     from rtq.quant.recipes import check_module_globs, recipe_from_dict
     from rtq.quant.summary import print_summary, quantizer_summary
 
@@ -53,17 +54,16 @@ def stage_quantize(ctx: StageContext) -> StageResult:
     recipe = recipe_from_dict(ctx.section("quant"))
     source = calibration_source(ctx.cfg)
     fp32 = ctx.detector.torch_model
-    check_module_globs(recipe, fp32)
+    check_module_globs(recipe, fp32)  # before the cache: a glob matching nothing is an error either way
     key = stage_key(ctx, quant=ctx.section("quant"), calib=_source_listing(source))
     cached = ctx.cache.lookup("quantized", key, "modelopt_state.pth")
-    model = copy.deepcopy(fp32)
     if cached is not None:
-        model = mto.restore(model, str(cached))
+        model = mto.restore(copy.deepcopy(fp32), str(cached))
         how = f"calibrated model restored from the cache ({key})"
     else:
         feeds = calibration_feeds(recipe, ctx.detector.io, source=source)
         log.info("calibrating %s with recipe %s on %d batches", ctx.detector.name, recipe.name, len(feeds))
-        model = quantize_model(model, recipe, feeds)
+        model = quantize(fp32, recipe, feeds, progress=True)  # a calibrated copy; the FP32 model stays
         out = ctx.run_dir / "modelopt_state.pth"
         mto.save(model, str(out))
         ctx.cache.store("quantized", key, Path(out))
