@@ -93,8 +93,8 @@ def check_inputs(cfg: DictConfig, chain: list[StageSpec]) -> None:
     """Fail on a bad dataset or calibration path before any expensive stage runs."""
     from rtq.data.calib import find_calibration_images
     from rtq.data.coco import CocoDataset
+    from rtq.pipeline.inputs import calibration_source
     from rtq.pipeline.stage import quant_enabled
-    from rtq.pipeline.stages.quantize import calibration_source
 
     names = {spec.name for spec in chain}
     if names & {"evaluate", "compare", "fidelity", "localize"}:

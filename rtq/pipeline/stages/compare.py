@@ -11,9 +11,9 @@ import logging
 from omegaconf import DictConfig
 
 from rtq.errors import UserError
+from rtq.pipeline.inputs import eval_images
 from rtq.pipeline.runners import graph_runner, target_runner
 from rtq.pipeline.stage import StageContext, StageResult, register_stage
-from rtq.pipeline.stages.fidelity import eval_images
 
 log = logging.getLogger("rtq")
 

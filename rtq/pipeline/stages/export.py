@@ -10,8 +10,8 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from rtq.pipeline.caching import reuse_or_make, stage_key
+from rtq.pipeline.inputs import calibration_source
 from rtq.pipeline.stage import StageContext, StageResult, register_stage
-from rtq.pipeline.stages.quantize import calibration_source
 
 
 def _makes(cfg: DictConfig, available: frozenset[str]) -> frozenset[str]:

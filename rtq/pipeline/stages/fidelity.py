@@ -11,22 +11,13 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from rtq.cache import file_digest
 from rtq.files import write_atomic
 from rtq.pipeline.caching import reuse_or_make, stage_key
+from rtq.pipeline.inputs import eval_images
 from rtq.pipeline.stage import StageContext, StageResult, register_stage
 
 log = logging.getLogger("rtq")
-
-
-def eval_images(ctx: StageContext, count: int) -> list[np.ndarray]:
-    """The first `count` images of the evaluation set (decoded RGB)."""
-    from rtq.data.coco import CocoDataset
-
-    dataset = CocoDataset(str(ctx.cfg.data.root), max_images=ctx.cfg.data.get("max_images"))
-    return [dataset.load_image(image) for image in dataset.images[:count]]
 
 
 @register_stage(

@@ -15,8 +15,8 @@ from omegaconf import DictConfig
 
 from rtq.errors import UserError
 from rtq.paths import PROJECT_ROOT
+from rtq.pipeline.inputs import eval_images
 from rtq.pipeline.stage import StageContext, StageResult, register_stage
-from rtq.pipeline.stages.fidelity import eval_images
 
 log = logging.getLogger("rtq")
 ORACLES = ("fault", "tensorrt")

@@ -11,19 +11,12 @@ import copy
 import logging
 from pathlib import Path
 
-from omegaconf import DictConfig
-
 from rtq.errors import StageSkipped
 from rtq.pipeline.caching import stage_key
+from rtq.pipeline.inputs import calibration_source
 from rtq.pipeline.stage import StageContext, StageResult, quant_enabled, register_stage
 
 log = logging.getLogger("rtq")
-
-
-def calibration_source(cfg: DictConfig) -> str:
-    """Calibration images: the recipe's own `quant.calib.source` if set, else the dataset's default."""
-    own = (cfg.quant.get("calib") or {}).get("source")
-    return str(own or cfg.data.calib.source)
 
 
 def _source_listing(folder: str) -> list[str]:

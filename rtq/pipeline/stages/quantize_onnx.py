@@ -6,8 +6,8 @@ import logging
 
 from rtq.errors import StageSkipped, UserError
 from rtq.pipeline.caching import reuse_or_make, stage_key
+from rtq.pipeline.inputs import calibration_source
 from rtq.pipeline.stage import StageContext, StageResult, quant_enabled, register_stage
-from rtq.pipeline.stages.quantize import calibration_source
 
 log = logging.getLogger("rtq")
 
