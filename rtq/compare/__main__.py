@@ -16,6 +16,7 @@ import numpy as np
 
 from rtq.backends.onnxruntime import make_graph_runner
 from rtq.compare.compare import CompareSettings, compare_onnx, compare_runners
+from rtq.config import conf_section
 from rtq.errors import UserError, exit_on_user_error
 
 ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
@@ -47,8 +48,10 @@ def engine_runner(path: Path, name: str) -> Any:
     from rtq.backends.tensorrt.compat import tensorrt_available
 
     if not tensorrt_available():
-        raise UserError(f"target {path} is a TensorRT engine but TensorRT is not installed here; "
-                        "compare an ONNX target or run on a machine with TensorRT")
+        raise UserError(
+            f"target {path} is a TensorRT engine but TensorRT is not installed here; "
+            "compare an ONNX target or run on a machine with TensorRT"
+        )
     from polygraphy.backend.common import BytesFromPath
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
@@ -57,18 +60,24 @@ def engine_runner(path: Path, name: str) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m rtq.compare", description=__doc__)
+    defaults = conf_section("compare")  # the `compare:` block of conf/config.yaml, shared with rtq.run
     p.add_argument("--reference", required=True, help="reference ONNX (run in ORT reference mode)")
     p.add_argument("--target", required=True, help="target ONNX or TensorRT engine")
     p.add_argument("--images", help="folder of images (RT-DETR preprocessing); default: random feeds")
-    p.add_argument("--num-images", type=int, default=4, help="images (or random feeds) to compare on")
+    p.add_argument(
+        "--num-images",
+        type=int,
+        default=defaults["num_images"],
+        help="images (or random feeds) to compare on",
+    )
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--layerwise", action="store_true", help="mark every tensor as an output on both sides")
     p.add_argument("--layer-regex", help="layer-wise: only tensors whose name matches this regex")
-    p.add_argument("--layer-threshold", type=float, default=1e-2)
+    p.add_argument("--layer-threshold", type=float, default=defaults["layerwise_threshold"])
     p.add_argument("--atol", type=float, default=1e-3)
     p.add_argument("--rtol", type=float, default=1e-3)
-    p.add_argument("--score-threshold", type=float, default=0.3)
-    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--score-threshold", type=float, default=defaults["detection_score_threshold"])
+    p.add_argument("--top-k", type=int, default=defaults["detection_top_k"])
     p.add_argument("--out", required=True, help="output folder for results.json, report.json, report.md")
     return p
 
@@ -76,8 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = CompareSettings(atol=args.atol, rtol=args.rtol, score_threshold=args.score_threshold,
-                               top_k=args.top_k, layer_threshold=args.layer_threshold)
+    settings = CompareSettings(
+        atol=args.atol,
+        rtol=args.rtol,
+        score_threshold=args.score_threshold,
+        top_k=args.top_k,
+        layer_threshold=args.layer_threshold,
+    )
     out = Path(args.out)
     target = Path(args.target)
     if not target.is_file():
@@ -92,11 +106,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         reference = make_graph_runner(args.reference, "reference", out)
         report = compare_runners(reference, engine_runner(target, "target"), feeds, out, settings)
     else:
-        report = compare_onnx(args.reference, target, feeds, out, settings, layerwise=args.layerwise,
-                              layer_regex=args.layer_regex)
+        report = compare_onnx(
+            args.reference,
+            target,
+            feeds,
+            out,
+            settings,
+            layerwise=args.layerwise,
+            layer_regex=args.layer_regex,
+        )
     worst = max((s.get("max_abs", float("inf")) for s in report["outputs"].values()), default=0.0)
-    print(f"compared {len(report['outputs'])} outputs on {report['iterations']} feeds; "
-          f"largest max |err| {worst:.3g}; report: {out / 'report.md'}")
+    print(
+        f"compared {len(report['outputs'])} outputs on {report['iterations']} feeds; "
+        f"largest max |err| {worst:.3g}; report: {out / 'report.md'}"
+    )
     return 0
 
 

@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
+from rtq.config import conf_section
 from rtq.errors import StageSkipped, UserError, exit_on_user_error
 from rtq.paths import data_dir
 
 if TYPE_CHECKING:
     from rtq.debug.sensitivity import Metrics, SensitivityResult
     from rtq.models.family import Detector
+
 
 def _localize(args: argparse.Namespace) -> int:
     from rtq.debug.inputs import model_family, sample_images
@@ -82,14 +84,23 @@ def _onnx_probe(
     coco = None if args.no_ap else (Path(args.coco_root) if args.coco_root else data_dir("coco_val2017_mini"))
     feeds = list(calibration_batches(images, detector.io, batch_size=1))
     probe = OnnxProbe(
-        detector.source_onnx, detector.io, feeds, groups, coco, args.eval_images, args.method,
+        detector.source_onnx,
+        detector.io,
+        feeds,
+        groups,
+        coco,
+        args.eval_images,
+        args.method,
         Path(args.out) / "models",
     )
 
     def make_recipe(float_groups: list[str], description: str) -> dict[str, Any]:
         return onnx_recipe_dict(
-            args.auto_recipe, probe.float_nodes(float_groups), description,
-            method=args.method, calib_images=args.calib_images,
+            args.auto_recipe,
+            probe.float_nodes(float_groups),
+            description,
+            method=args.method,
+            calib_images=args.calib_images,
         )
 
     return lambda: onnx_sensitivity(probe), probe.measure, make_recipe
@@ -203,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     loc = sub.add_parser("localize", help="find the extra outputs that stop a harmful fusion")
+    defaults = conf_section("localize")  # the `localize:` block of conf/config.yaml, shared with rtq.run
     loc.add_argument("--onnx", required=True, help="Q/DQ ONNX model")
     loc.add_argument(
         "--model", default="rtdetrv2_r18vd", help="conf/model/ config whose family makes the graph's feeds"
@@ -210,22 +222,30 @@ def build_parser() -> argparse.ArgumentParser:
     loc.add_argument(
         "--oracle",
         choices=["fault", "tensorrt"],
-        default="fault",
+        default=defaults["oracle"],
         help="fault: CPU fault-injection simulator; tensorrt: real engine builds",
     )
+    layers = defaults["fault_layers"]
     loc.add_argument(
-        "--fault-layers", default=None, help="simulator: decoder layers with a faulty fusion, e.g. 1,2"
+        "--fault-layers",
+        default=",".join(str(x) for x in layers) if layers is not None else None,
+        help="simulator: decoder layers with a faulty fusion, e.g. 1,2",
     )
     loc.add_argument(
-        "--fault-match", default="sampling_offsets", help="simulator: regex on the cluster's nodes"
+        "--fault-match", default=defaults["fault_match"], help="simulator: regex on the cluster's nodes"
     )
-    loc.add_argument("--fault", choices=["wrong_scale", "fp16", "bf16"], default="wrong_scale")
-    loc.add_argument("--wrong-scale-factor", type=float, default=0.05)
-    loc.add_argument("--include", default=None, help="regex restricting candidate tensors")
-    loc.add_argument("--threshold", type=float, default=None, help="error counted as fixed")
+    loc.add_argument("--fault", choices=["wrong_scale", "fp16", "bf16"], default=defaults["fault"])
+    loc.add_argument("--wrong-scale-factor", type=float, default=defaults["wrong_scale_factor"])
+    loc.add_argument("--include", default=defaults["include"], help="regex restricting candidate tensors")
+    loc.add_argument("--threshold", type=float, default=defaults["threshold"], help="error counted as fixed")
     loc.add_argument("--images", default=None, help="image folder for the feeds (default: coco_calib)")
-    loc.add_argument("--num-images", type=int, default=1)
-    loc.add_argument("--no-equivalents", action="store_true", help="skip verifying equivalent tensors")
+    loc.add_argument("--num-images", type=int, default=defaults["num_images"])
+    loc.add_argument(
+        "--no-equivalents",
+        action="store_true",
+        default=not defaults["verify_equivalents"],
+        help="skip verifying equivalent tensors",
+    )
     loc.add_argument("--out", required=True)
 
     sen = sub.add_parser("sensitivity", help="per-group quantization sensitivity and auto recipe")
