@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# Produces experiments/results.{jsonl,md,csv}: every row of the committed table, from real runs.
+# Regenerates every file under experiments/ from real runs (each file names its command at its top).
 # RT-DETRv2-R18 uses the parity fixture's checkpoint (synthetic weights: AP is not meaningful, the
-# table shows the pipeline and the speed); YOLOX-Nano has real COCO weights.
+# rows show the pipeline and the speed); YOLOX-Nano has real COCO weights.
+#   bash experiments/run_all.sh           everything
+#   bash experiments/run_all.sh table     only the pipeline rows and the tables built from them
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 STORE=experiments/results.jsonl
 CKPT=../shared/fixtures/rtdetrv2_r18vd_parity/checkpoint.pth
+what=${1:-all}
+[ -f "$CKPT" ] || { echo "run_all: $CKPT not found (../shared beside the project)" >&2; exit 2; }
+
+# 1. Pipeline rows -> results.{jsonl,md,csv}
 : > "$STORE"
 common=("results.store=$STORE" "evaluate.sweep_batches=[1,4]" "evaluate.iterations=3")
 rtdetr=("model.checkpoint=$CKPT" "data.max_images=16" "quant.calib.max_images=16" "quant.calib.batch_size=4"
@@ -17,7 +23,39 @@ done
 for exp in int8_default int8_histogram int8_offsets_float int8_no_backbone int8_extra_outputs int8_fused_plugin; do
   $PY -m rtq.run experiment=$exp "${rtdetr[@]}" "${common[@]}"
 done
-for exp in yolox_fp32 yolox_int8_max yolox_int8_entropy yolox_int8_auto yolox_int8_end2end; do
+for exp in yolox_fp32 yolox_fp32_capped yolox_int8_all_max yolox_int8_all_entropy yolox_int8_ops_float \
+           yolox_int8_convs_float yolox_int8_max yolox_int8_entropy yolox_int8_auto yolox_int8_end2end; do
   $PY -m rtq.run experiment=$exp "results.store=$STORE" "evaluate.sweep_batches=[1,8]" "evaluate.iterations=5"
 done
 $PY -m rtq.table --store "$STORE" --out experiments/results.md --csv experiments/results.csv
+$PY -m rtq.table --store "$STORE" --analysis experiments/yolox_nano.analysis.md --out experiments/yolox_nano.md
+[ "$what" = table ] && exit 0
+
+# 2. The fusion-bug localiser (pipeline stage localize) -> localize_rtdetrv2_r18vd.md
+LOC=runs/experiments/localize_fusion_bug
+rm -rf "$LOC"
+$PY -m rtq.run experiment=localize_fusion_bug "model.checkpoint=$CKPT" "quant.calib.max_images=16" \
+    "quant.calib.batch_size=4" "hydra.run.dir=$LOC"
+$PY -m rtq.table --store "$STORE" --analysis experiments/localize_rtdetrv2_r18vd.analysis.md \
+    --figures "localize=$LOC/localize/report.json" --include "$LOC/localize/report.md" \
+    --out experiments/localize_rtdetrv2_r18vd.md
+
+# 3. Export fidelity per recipe -> fidelity_rtdetrv2_r18vd/
+$PY -m rtq.debug fidelity --checkpoint "$CKPT" --recipe int8_default --recipe int8_histogram \
+    --recipe int8_linear_per_axis --recipe int8_offsets_float --recipe int8_no_backbone --recipe int8_no_decoder \
+    --calib-images 4 --num-images 2 --out experiments/fidelity_rtdetrv2_r18vd
+
+# 4. Quantization sensitivity of YOLOX-Nano (its auto recipe goes beside the report, not into conf/)
+$PY -m rtq.debug sensitivity --model yolox_nano --calib-images 16 --auto-recipe int8_yolox_auto \
+    --max-ap-drop 1.0 --out experiments/sensitivity_yolox_nano
+
+# 5. RT-DETR sensitivity before/after the pipeline's own quantize() (inputs committed beside it)
+SENS=experiments/sensitivity_rtdetrv2_r18vd
+$PY -m rtq.debug sensitivity-diff \
+    --before "$SENS/before/int8_default.json" --after "$SENS/after/int8_default.json" \
+    --before "$SENS/before/int8_histogram.json" --after "$SENS/after/int8_histogram.json" \
+    --title "RT-DETRv2-R18 sensitivity ranking: direct mtq.quantize (before) vs rtq's quantize() (after)" \
+    --out "$SENS.md"
+
+# 6. The CPU benchmark (defaults: conf/bench.yaml) -> bench_rtdetrv2_r18vd.{md,json}
+$PY -m rtq.bench

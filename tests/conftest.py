@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from ci_shared import pytest_runtest_makereport, pytest_sessionstart  # noqa: E402,F401 - CI policy hooks
 from torch import nn
 
 RTDETR_TEST_SIZE = 320

@@ -57,16 +57,13 @@ def run_bench(settings: BenchSettings, command: str) -> str:
     from rtq.backends.onnxruntime import make_onnxrt_runner
     from rtq.backends.torch import make_torch_runner
     from rtq.evaluate.bench_artifacts import build_artifacts
-    from rtq.models import build_deploy_model
-    from rtq.models.rtdetr import RTDETRIO
 
     if settings.checkpoint is not None and not settings.checkpoint.is_file():
         raise UserError(f"--checkpoint {settings.checkpoint} does not exist; give the path of a .pth file")
     load_before = load_average()
-    io = RTDETRIO()
-    model = build_deploy_model(settings.model, settings.checkpoint)
-    log.info("building / loading the ONNX artifacts")
-    artifacts = build_artifacts(settings, model, io)
+    log.info("building / loading the ONNX artifacts (through the experiment pipeline)")
+    artifacts = build_artifacts(settings)
+    io, model = artifacts.detector.io, artifacts.detector.torch_model
     descriptions = {
         TORCH_FP32: "PyTorch FP32",
         REFERENCE: "ORT FP32",

@@ -20,7 +20,7 @@ import rtq.pipeline.stages  # noqa: F401 - registers every stage
 from rtq.cache import ArtifactCache
 from rtq.errors import StageSkipped, UserError
 from rtq.files import write_atomic
-from rtq.models.family import Source, family_source, load_detector
+from rtq.models.family import Detector, Source, family_source, load_detector
 from rtq.pipeline.artifacts import ARTIFACT_DOCS, Artifacts
 from rtq.pipeline.row import result_row
 from rtq.pipeline.stage import STAGES, StageContext, StageResult, StageSpec
@@ -103,8 +103,21 @@ def check_inputs(cfg: DictConfig, chain: list[StageSpec]) -> None:
         find_calibration_images(calibration_source(cfg))
 
 
-def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Check and run the chain `cfg.stages`, log each stage to `stages.json`, write the result row."""
+@dataclass
+class ChainResult:
+    """What a chain left: its artifacts, the detector, the stages' result fields and the stage log."""
+
+    artifacts: Artifacts
+    detector: Detector
+    fields: dict[str, Any]
+    records: list[StageRecord]
+
+
+def run_chain(cfg: DictConfig, run_dir: Path) -> ChainResult:
+    """Check and run the chain `cfg.stages` into `run_dir`, logging each stage to `stages.json`.
+
+    Other tools (the benchmark) call it to get the pipeline's own artifacts.
+    """
     chain = check_chain(cfg)
     check_inputs(cfg, chain)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -130,14 +143,19 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         fields.update(result.record)
         inputs = ([before] if before else []) + result.inputs
         seconds = round(time.perf_counter() - started, 3)
-        records.append(
-            StageRecord(spec.name, status, seconds, inputs, [str(p) for p in result.outputs], reason)
-        )
+        outputs = [str(p) for p in result.outputs]
+        records.append(StageRecord(spec.name, status, seconds, inputs, outputs, reason))
         write_atomic(run_dir / "stages.json", json.dumps([asdict(r) for r in records], indent=2))
-    if "evaluation" not in fields:
-        return fields
-    skipped = [f"{r.stage}: {r.reason}" for r in records if r.status == "skipped"]
-    row = result_row(cfg, detector, run_dir, fields, skipped)
+    return ChainResult(artifacts, detector, fields, records)
+
+
+def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Run the chain and, when it evaluated, write the result row (`results.json` and the store)."""
+    chain = run_chain(cfg, run_dir)
+    if "evaluation" not in chain.fields:
+        return chain.fields
+    skipped = [f"{r.stage}: {r.reason}" for r in chain.records if r.status == "skipped"]
+    row = result_row(cfg, chain.detector, run_dir, chain.fields, skipped)
     _publish(cfg, run_dir, row)
     return row
 

@@ -75,3 +75,15 @@ def analysis_section(path: Path, figures: Mapping[str, Any]) -> str:
     body = render_analysis(path.read_text(), figures, source=str(path)).strip("\n")
     note = f"Written by hand in `{path.name}`; every measured number in it is filled from this run."
     return f"{ANALYSIS_HEADING}\n\n{note}\n\n{body}\n"
+
+
+def store_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Figures of a results store for an analysis: the latest row per experiment, by experiment name,
+    with its batch sweep keyed `sweep.b<batch>` (throughput in images/s)."""
+    figures: dict[str, Any] = {}
+    for row in rows:
+        entry = dict(row)
+        sweep = row.get("sweep") or []
+        entry["sweep"] = {f"b{int(point['batch'])}": float(point["throughput"]) for point in sweep}
+        figures[str(row.get("experiment"))] = entry
+    return figures

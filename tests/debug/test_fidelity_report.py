@@ -10,8 +10,9 @@ import pytest
 
 from rtq.debug.__main__ import main
 from rtq.debug.fidelity_report import fidelity_markdown
+from rtq.paths import SHARED_DIR
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"
+SHARED = SHARED_DIR
 CHECKPOINT = SHARED / "fixtures" / "rtdetrv2_r18vd_parity" / "checkpoint.pth"
 
 

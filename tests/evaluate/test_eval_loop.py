@@ -16,8 +16,9 @@ from rtq.errors import UserError
 from rtq.evaluate.coco_ap import STAT_KEYS
 from rtq.evaluate.loop import evaluate_detector
 from rtq.models.rtdetr import RTDETRIO
+from rtq.paths import SHARED_DIR
 
-YOLOX_ONNX = Path(__file__).resolve().parents[3] / "shared" / "models" / "yolox_nano.onnx"
+YOLOX_ONNX = SHARED_DIR / "models" / "yolox_nano.onnx"
 
 
 def expected_scores(dataset: CocoDataset, io: RTDETRIO) -> np.ndarray:

@@ -8,7 +8,6 @@ variant). Comparisons follow the fixture's README: near-tied query orders are re
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,8 +15,9 @@ import pytest
 import torch
 
 from rtq.models import build_deploy_model, build_model
+from rtq.paths import SHARED_DIR
 
-FIXTURE = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "rtdetrv2_r18vd_parity"
+FIXTURE = SHARED_DIR / "fixtures" / "rtdetrv2_r18vd_parity"
 # The discrete variant truncates loc * size + 0.5; a sampling point sitting on a cell boundary can
 # land in the neighbouring cell under float noise (measured: one query per image, on the last layer).
 MAX_BOUNDARY_FLIPS = 2

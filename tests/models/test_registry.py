@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,9 +12,10 @@ from rtq.errors import UserError
 from rtq.models import build_deploy_model, build_model, list_models
 from rtq.models.hybrid_encoder import RepVggBlock
 from rtq.models.registry import VARIANTS, construct
+from rtq.paths import SHARED_DIR
 
 KEYS_JSON = (
-    Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "rtdetrv2_r18vd_parity" / "keys.json"
+    SHARED_DIR / "fixtures" / "rtdetrv2_r18vd_parity" / "keys.json"
 )
 OFFICIAL = [
     "rtdetrv2_r18vd",

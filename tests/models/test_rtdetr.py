@@ -11,6 +11,7 @@ from PIL import Image
 
 from rtq.models import RTDETRIO, build_deploy_model
 from rtq.models.io import ImageMeta
+from rtq.paths import SHARED_DIR
 
 
 def test_preprocess_resizes_without_keeping_aspect() -> None:
@@ -54,7 +55,7 @@ def _matches(got: tuple[np.ndarray, ...], want: tuple[np.ndarray, ...]) -> bool:
     return True
 
 
-FIXTURE = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "rtdetrv2_r18vd_parity"
+FIXTURE = SHARED_DIR / "fixtures" / "rtdetrv2_r18vd_parity"
 
 
 @pytest.mark.parametrize(

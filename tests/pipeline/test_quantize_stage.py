@@ -12,13 +12,13 @@ from hydra import compose, initialize_config_dir
 
 from rtq.cache import ArtifactCache
 from rtq.models.family import load_detector
-from rtq.paths import CONF_DIR, PROJECT_ROOT
+from rtq.paths import CONF_DIR, SHARED_DIR
 from rtq.pipeline.artifacts import Artifacts
 from rtq.pipeline.stage import StageContext
 from rtq.pipeline.stages.quantize import stage_quantize
 from rtq.run import register_resolvers
 
-PARITY_CHECKPOINT = PROJECT_ROOT.parent / "shared" / "fixtures" / "rtdetrv2_r18vd_parity" / "checkpoint.pth"
+PARITY_CHECKPOINT = SHARED_DIR / "fixtures" / "rtdetrv2_r18vd_parity" / "checkpoint.pth"
 
 
 @pytest.mark.skipif(

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch.nn as nn
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"
+from rtq.paths import SHARED_DIR
+
+SHARED = SHARED_DIR
 CHECKPOINT = SHARED / "fixtures" / "rtdetrv2_r18vd_parity" / "checkpoint.pth"
 CALIB = SHARED / "data" / "coco_calib"
 EVAL_IMAGES = SHARED / "data" / "coco_val2017_mini" / "val2017"

@@ -8,7 +8,9 @@ import numpy as np
 import onnx
 import pytest
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"
+from rtq.paths import SHARED_DIR
+
+SHARED = SHARED_DIR
 CHECKPOINT = SHARED / "fixtures" / "rtdetrv2_r18vd_parity" / "checkpoint.pth"
 CALIB = SHARED / "data" / "coco_calib"
 

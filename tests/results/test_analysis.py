@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rtq.compare.metrics import score_fidelity_report as score_fidelity
 from rtq.errors import UserError
 from rtq.evaluate.bench_settings import MODELOPT_INT8, REFERENCE, TORCH_FP32, load_settings
 from rtq.evaluate.environment import fingerprint
 from rtq.evaluate.ort_profile import OrtGraphProfile
-from rtq.compare.metrics import score_fidelity_report as score_fidelity
 from rtq.evaluate.timing import Timing
 from rtq.results.analysis import ANALYSIS_HEADING, analysis_section, render_analysis
 from rtq.results.bench_figures import bench_figures
