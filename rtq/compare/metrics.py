@@ -20,6 +20,7 @@ import numpy as np
 
 from rtq.errors import UserError
 from rtq.models.io import DETECTION_OUTPUTS
+from rtq.registry import Registry
 
 Outputs = Mapping[str, np.ndarray]
 Metric = Callable[[Sequence[Outputs], Sequence[Outputs]], float]
@@ -27,30 +28,17 @@ MetricFactory = Callable[..., Metric]
 
 REL_EPS = 1e-6  # keeps relative error finite where the reference is zero
 LABEL_MISMATCH_COST = 1e9  # pairs of different labels are only taken when nothing else is left
-_METRICS: dict[str, MetricFactory] = {}
-
-
-def register_metric(name: str) -> Callable[[MetricFactory], MetricFactory]:
-    """Decorator: make a metric factory available under ``name``."""
-
-    def decorate(factory: MetricFactory) -> MetricFactory:
-        if name in _METRICS and _METRICS[name] is not factory:
-            raise ValueError(f"metric {name!r} is registered twice")
-        _METRICS[name] = factory
-        return factory
-
-    return decorate
+METRICS: Registry[MetricFactory] = Registry("metric")
+register_metric = METRICS.register  # decorator: make a metric factory available under a name
 
 
 def known_metrics() -> list[str]:
-    return sorted(_METRICS)
+    return METRICS.names()
 
 
 def metric(name: str, **options: Any) -> Metric:
     """The metric registered as ``name`` with ``options``; a `UserError` listing the known ones otherwise."""
-    if name not in _METRICS:
-        raise UserError(f"unknown metric {name!r}; known metrics: {', '.join(known_metrics())}")
-    return _METRICS[name](**options)
+    return METRICS.get(name)(**options)
 
 
 def _concat(outputs: Sequence[Outputs], name: str) -> np.ndarray:

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from rtq.cache import ArtifactCache
 from rtq.models.family import Detector
 from rtq.pipeline.artifacts import Artifacts
+from rtq.registry import Registry
 
 log = logging.getLogger("rtq")
 
@@ -79,7 +80,7 @@ class StageSpec:
         return self.makes(cfg, available) if callable(self.makes) else self.makes
 
 
-STAGES: dict[str, StageSpec] = {}
+STAGES: Registry[StageSpec] = Registry("stage")
 
 
 def register_stage(
@@ -94,11 +95,9 @@ def register_stage(
     """Register `fn` as stage `name` (see `StageSpec`)."""
 
     def decorate(fn: StageFn) -> StageFn:
-        if name in STAGES:
-            raise ValueError(f"stage {name!r} is registered twice")
         made = frozenset(makes) if isinstance(makes, tuple | frozenset) else makes
         doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        STAGES[name] = StageSpec(name, fn, order, section, needs, made, records, doc)
+        STAGES.add(name, StageSpec(name, fn, order, section, needs, made, records, doc))
         return fn
 
     return decorate

@@ -21,6 +21,7 @@ from typing import Any
 import onnx
 
 from rtq.errors import UserError
+from rtq.registry import Registry
 
 # Custom (plugin) nodes live in the default domain "" so the TensorRT ONNX parser looks them up in the
 # plugin registry; the ONNX checker knows no schema for them, so it sees them in this domain instead.
@@ -81,19 +82,8 @@ def _md_escape(text: str) -> str:
 
 
 PassFn = Callable[[Any, Mapping[str, Any]], PassReport]
-_PASSES: dict[str, PassFn] = {}
-
-
-def register_pass(name: str) -> Callable[[PassFn], PassFn]:
-    """Decorator: make a pass available to configs under ``name``."""
-
-    def decorate(fn: PassFn) -> PassFn:
-        if name in _PASSES and _PASSES[name] is not fn:
-            raise ValueError(f"graph pass {name!r} is registered twice")
-        _PASSES[name] = fn
-        return fn
-
-    return decorate
+PASSES: Registry[PassFn] = Registry("graph pass", "passes")
+register_pass = PASSES.register  # decorator: make a pass available to configs under a name
 
 
 def _load_builtin_passes() -> None:
@@ -110,16 +100,14 @@ def _load_builtin_passes() -> None:
 
 def known_passes() -> list[str]:
     _load_builtin_passes()
-    return sorted(_PASSES)
+    return PASSES.names()
 
 
 def get_pass(name: str) -> PassFn:
     """The pass registered as ``name``; a `UserError` listing the known passes otherwise."""
-    if name not in _PASSES:
+    if name not in PASSES:
         _load_builtin_passes()
-    if name not in _PASSES:
-        raise UserError(f"unknown graph pass {name!r}; known passes: {', '.join(known_passes())}")
-    return _PASSES[name]
+    return PASSES.get(name)
 
 
 def _spec_fields(spec: Mapping[str, Any] | str) -> tuple[str, dict[str, Any], bool]:
