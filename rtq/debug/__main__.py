@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import numpy as np
 import onnx
 
 from rtq.config import conf_section
@@ -17,8 +16,7 @@ from rtq.errors import StageSkipped, UserError, exit_on_user_error
 from rtq.paths import data_dir
 
 if TYPE_CHECKING:
-    from rtq.debug.sensitivity import Metrics, SensitivityResult
-    from rtq.models.family import Detector
+    pass
 
 
 def _localize(args: argparse.Namespace) -> int:
@@ -63,120 +61,36 @@ def _localize(args: argparse.Namespace) -> int:
     return 0 if result.status != "not_fixed_by_marking" else 1
 
 
-Measure = Callable[[Sequence[str]], "Metrics"]
-MakeRecipe = Callable[[list[str], str], dict[str, Any]]
-
-
 def _command(argv: Sequence[str]) -> str:
     return "python -m rtq.debug " + " ".join(shlex.quote(a) for a in argv)
 
 
-def _onnx_probe(
-    args: argparse.Namespace, detector: Detector, groups: dict[str, Any], images: list[np.ndarray]
-) -> tuple[Callable[[], SensitivityResult], Measure, MakeRecipe]:
-    """ONNX PTQ of the detector's source graph, with AP where a COCO folder is given."""
-    from rtq.data.calib import calibration_batches
-    from rtq.debug.auto_recipe import onnx_recipe_dict
-    from rtq.debug.onnx_probe import OnnxProbe, onnx_sensitivity
-
-    if detector.source_onnx is None:
-        raise UserError(f"{detector.name} has no source ONNX; pass --onnx FILE")
-    coco = None if args.no_ap else (Path(args.coco_root) if args.coco_root else data_dir("coco_val2017_mini"))
-    feeds = list(calibration_batches(images, detector.io, batch_size=1))
-    probe = OnnxProbe(
-        detector.source_onnx,
-        detector.io,
-        feeds,
-        groups,
-        coco,
-        args.eval_images,
-        args.method,
-        Path(args.out) / "models",
-    )
-
-    def make_recipe(float_groups: list[str], description: str) -> dict[str, Any]:
-        return onnx_recipe_dict(
-            args.auto_recipe,
-            probe.float_nodes(float_groups),
-            description,
-            method=args.method,
-            calib_images=args.calib_images,
-        )
-
-    return lambda: onnx_sensitivity(probe), probe.measure, make_recipe
-
-
-def _torch_probe(
-    args: argparse.Namespace, detector: Detector, groups: dict[str, Any], images: list[np.ndarray]
-) -> tuple[Callable[[], SensitivityResult], Measure, MakeRecipe]:
-    """`rtq.quant.quantize` of copies of the detector's torch model; fidelity of the sorted scores."""
-    from rtq.compare.metrics import metric
-    from rtq.debug.auto_recipe import recipe_dict
-    from rtq.debug.torch_probe import TorchProbe, torch_sensitivity
-
-    if args.max_ap_drop is not None:
-        raise UserError(
-            f"{detector.name} sensitivity measures fidelity: use --max-fidelity, not --max-ap-drop"
-        )
-    probe = TorchProbe(
-        detector.torch_model,
-        [detector.io.preprocess([image])[0] for image in images],
-        groups,
-        recipe=args.recipe,
-        metric=metric("sorted_scores_l2"),
-        metric_name="relative L2 error of the sorted detection scores vs FP32",
-    )
-
-    def make_recipe(float_groups: list[str], description: str) -> dict[str, Any]:
-        import yaml
-
-        from rtq.quant.recipes import RECIPE_DIR
-
-        base_path = RECIPE_DIR / f"{args.recipe}.yaml"
-        base = yaml.safe_load(base_path.read_text()) if base_path.is_file() else None
-        return recipe_dict(args.auto_recipe, [groups[g] for g in float_groups], description, base)
-
-    return lambda: torch_sensitivity(probe, detector.name), probe.measure, make_recipe
-
-
 def _sensitivity(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """Rank the detector's quantization groups (its family names them), optionally emit a recipe."""
-    from rtq.debug.auto_recipe import greedy_float_groups, write_recipe
     from rtq.debug.inputs import load_named_detector, sample_images
-    from rtq.debug.sensitivity_report import load_result, write_reports
+    from rtq.debug.sensitivity_report import load_result
+    from rtq.debug.sensitivity_run import SensitivitySettings, analyse
 
-    command = _command(argv)
-    out = Path(args.out)
     reused = load_result(args.from_json) if args.from_json else None
     if reused is not None:
         # measure the greedy steps with the settings the ranking was measured with
         args.calib_images = int(reused.settings.get("calibration_images", args.calib_images))
         args.method = str(reused.settings.get("method", args.method))
-    images = sample_images(args.calib, args.calib_images)
+    coco = None if args.no_ap else (args.coco_root or data_dir("coco_val2017_mini"))
+    settings = SensitivitySettings(
+        calib_images=args.calib_images,
+        method=args.method,
+        recipe=args.recipe,
+        coco_root=None if coco is None else str(coco),
+        eval_images=args.eval_images,
+        auto_recipe=args.auto_recipe,
+        max_ap_drop=args.max_ap_drop,
+        max_fidelity=args.max_fidelity,
+    )
+    images = sample_images(args.calib, settings.calib_images)
     detector = load_named_detector(args.model, checkpoint=args.checkpoint, onnx_path=args.onnx)
-    groups = detector.family.quant_groups(detector)
-    setup = _onnx_probe if detector.family.source == "onnx" else _torch_probe
-    run, measure, make_recipe = setup(args, detector, groups, images)
-    if reused is not None:
-        result = reused
-    else:
-        result = run()
-        result.command = command
-    json_path, md_path = write_reports(result, out, stem=f"sensitivity_{args.model}")
-    print(md_path.read_text())
-    if args.auto_recipe:
-        chosen = greedy_float_groups(result, measure, args.max_ap_drop, args.max_fidelity)
-        last = chosen.steps[-1].metrics
-        recipe = make_recipe(
-            chosen.float_groups,
-            f"auto recipe for {args.model}: float groups {chosen.float_groups} "
-            f"(target met: {chosen.met}; measured AP {last.ap}, fidelity {last.fidelity:.4f})",
-        )
-        header = f"Produced by: {command}"
-        if reused is not None and reused.command:
-            header += f"\nRanking measured by: {reused.command}"
-        path = write_recipe(recipe, out / f"{args.auto_recipe}.yaml", header=header)
-        print(f"auto recipe: float groups {chosen.float_groups}, target met: {chosen.met} -> {path}")
+    _, written = analyse(detector, settings, images, Path(args.out), _command(argv), reused)
+    print(written[1].read_text())
     return 0
 
 
@@ -252,16 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
     sen.add_argument("--model", required=True, help="a conf/model/ config: yolox_nano, rtdetrv2_r18vd, ...")
     sen.add_argument("--onnx", default=None, help="FP32 ONNX of an ONNX model (default: config onnx_path)")
     sen.add_argument("--checkpoint", default=None, help="RT-DETR checkpoint (default: random weights)")
-    sen.add_argument("--recipe", default="int8_default", help="base recipe of a torch model (conf/quant/)")
+    sens = conf_section("sensitivity")  # the `sensitivity:` block of conf/config.yaml, shared with rtq.run
+    sen.add_argument("--recipe", default=sens["recipe"], help="base recipe of a torch model (conf/quant/)")
     sen.add_argument("--calib", default=None, help="calibration image folder (default coco_calib)")
-    sen.add_argument("--calib-images", type=int, default=16)
-    sen.add_argument("--method", default="max")
+    sen.add_argument("--calib-images", type=int, default=sens["calib_images"])
+    sen.add_argument("--method", default=sens["method"])
     sen.add_argument("--coco-root", default=None, help="COCO folder for AP (default coco_val2017_mini)")
-    sen.add_argument("--eval-images", type=int, default=None)
+    sen.add_argument("--eval-images", type=int, default=sens["eval_images"])
     sen.add_argument("--no-ap", action="store_true", help="fidelity only")
-    sen.add_argument("--auto-recipe", default=None, help="name of the recipe to emit")
-    sen.add_argument("--max-ap-drop", type=float, default=None)
-    sen.add_argument("--max-fidelity", type=float, default=None)
+    sen.add_argument("--auto-recipe", default=sens["auto_recipe"], help="name of the recipe to emit")
+    sen.add_argument("--max-ap-drop", type=float, default=sens["max_ap_drop"])
+    sen.add_argument("--max-fidelity", type=float, default=sens["max_fidelity"])
     sen.add_argument(
         "--from-json", default=None, help="reuse the ranking of an earlier run's sensitivity_<model>.json"
     )

@@ -31,7 +31,7 @@ from rtq.backends.onnxruntime import reference_session
 from rtq.compare.metrics import paired_detection_report
 from rtq.errors import UserError
 from rtq.export.onnx_export import export_raw_onnx
-from rtq.models.rtdetr import RAW_OUTPUT_NAMES, RawOutputs, decode_raw, last_topk_index, raw_network
+from rtq.models.rtdetr import RAW_OUTPUT_NAMES, decode_raw, last_topk_index, raw_network
 from rtq.quant.float64_twin import float64_session
 from rtq.quant.onnx_arithmetic import onnx_quantizer_arithmetic
 
@@ -125,14 +125,19 @@ def _raw_fidelity_loop(
 
 
 def torch_vs_onnx(
-    model: nn.Module, onnx_path: str | Path, feeds: Iterable[Mapping[str, np.ndarray]], float64: bool = True
+    model: nn.Module,
+    onnx_path: str | Path,
+    feeds: Iterable[Mapping[str, np.ndarray]],
+    float64: bool = True,
+    raw_outputs: nn.Module | None = None,
 ) -> dict[str, float]:
     """Worst-case differences over all feeds between torch and ORT (no graph optimizations).
 
     Deploy-output keys as in `rtq.compare.metrics.paired_detection_report` (label mismatches
-    summed, the rest worst case) plus `images`; for an RT-DETR model also the raw-output keys of
-    `raw_output_fidelity`, prefixed `raw_`, measured on a raw export written next to nothing (a
-    temporary directory), and with `float64` the same keys of the float64 comparison, prefixed `raw_float64_`.
+    summed, the rest worst case) plus `images`; given the family's raw-output wrapper of `model`
+    (`DetectorFamily.raw_outputs`), also the raw-output keys of `raw_output_fidelity`, prefixed
+    `raw_`, measured on a raw export written next to nothing (a temporary directory), and with
+    `float64` the same keys of the float64 comparison, prefixed `raw_float64_`.
     """
     feeds = [{k: np.asarray(v) for k, v in feed.items()} for feed in feeds]
     session = reference_session(Path(onnx_path))
@@ -148,11 +153,10 @@ def torch_vs_onnx(
                 worst.get(key, 0.0), value)
         images += int(arrays["images"].shape[0])
     worst["images"] = float(images)
-    if _is_rtdetr(model):
+    if raw_outputs is not None:
         with tempfile.TemporaryDirectory(prefix="rtq_raw_") as work:
             size = int(feeds[0]["images"].shape[-1]) if feeds else 640
-            raw_model = RawOutputs(raw_network(model))
-            raw_path = export_raw_onnx(raw_model, Path(work) / "raw.onnx", image_size=size)
+            raw_path = export_raw_onnx(raw_outputs, Path(work) / "raw.onnx", image_size=size)
             raw = raw_output_fidelity(model, raw_path, feeds)
             worst.update({f"raw_{key}": value for key, value in raw.items() if key != "images"})
             if float64:
@@ -192,11 +196,3 @@ def float64_verdict(result: Mapping[str, float], tolerance: float) -> tuple[bool
         f"{result.get('raw_queries_selected_differently', 0):.0f}/{result.get('raw_queries', 0):.0f} queries "
         "selected differently (INT8 levels flipped by float noise)"
     )
-
-
-def _is_rtdetr(model: nn.Module) -> bool:
-    try:
-        raw_network(model)
-    except Exception:  # noqa: BLE001 - any model without raw outputs simply gets no raw keys
-        return False
-    return True

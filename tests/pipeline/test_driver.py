@@ -79,3 +79,26 @@ def test_conf_has_no_unused_calibration_settings() -> None:
     calib = compose_experiment("int8_default").data.calib
     assert set(calib) == {"source"}
     assert Path(str(calib.source)).name == "coco_calib"
+
+
+@pytest.mark.slow
+def test_sensitivity_stage_ranks_yolox_groups(tmp_path: Path) -> None:
+    from rtq.paths import SHARED_DIR
+    from rtq.pipeline.driver import run_pipeline
+
+    if (
+        not (SHARED_DIR / "models" / "yolox_nano.onnx").is_file()
+        and not (CONF_DIR.parent / "models").is_dir()
+    ):
+        pytest.skip("yolox_nano.onnx not found")
+    cfg = compose_experiment(
+        "sensitivity_yolox",
+        "sensitivity.calib_images=2",
+        "sensitivity.coco_root=null",
+        "sensitivity.auto_recipe=null",
+        f"cache_dir={tmp_path / 'cache'}",
+    )
+    fields = run_pipeline(cfg, tmp_path / "run")
+    record = fields["sensitivity"]
+    assert record["int8_fidelity"] > 0 and len(record["most_sensitive"]) == 5
+    assert (tmp_path / "run" / "sensitivity" / "sensitivity_yolox_nano.md").is_file()

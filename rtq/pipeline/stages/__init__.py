@@ -9,5 +9,6 @@ from rtq.pipeline.stages import (  # noqa: F401
     localize,
     quantize,
     quantize_onnx,
+    sensitivity,
     surgery,
 )

@@ -38,7 +38,9 @@ def stage_fidelity(ctx: StageContext) -> StageResult:
     def measure(path: Path) -> None:
         images = eval_images(ctx, count)
         feeds = [ctx.detector.io.preprocess([image])[0] for image in images]
-        result = torch_vs_onnx(ctx.artifacts.quantized_model, qdq, feeds, float64=float64)
+        model = ctx.artifacts.quantized_model
+        raw = ctx.detector.family.raw_outputs(model)  # None: the family has no pre-top-k form
+        result = torch_vs_onnx(model, qdq, feeds, float64=float64, raw_outputs=raw)
         write_atomic(path, json.dumps(result, indent=2, default=str))
 
     key = stage_key(ctx, qdq=file_digest(qdq), images=count, float64=float64, data=str(ctx.cfg.data.root))
