@@ -59,7 +59,7 @@ def test_unknown_name_lists_known_names() -> None:
 
 
 def test_random_init_is_logged_and_forward_has_official_outputs(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="rtq.models.registry"):
+    with caplog.at_level(logging.INFO, logger="rtq.models.build"):
         model = build_model("rtdetrv2_r18vd")
     assert "random" in caplog.text
     assert not model.training
