@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# rtq workflow: setup | demo | test | lint | table | bench
+# rtq workflow: setup | demo | test | lint | table | bench | experiments
 # Every command installs what it needs into .venv first (idempotent, quick when already done).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -71,8 +71,13 @@ cmd_bench() {
   "$PY" -m rtq.bench "$@"
 }
 
+cmd_experiments() {
+  ensure_setup
+  bash experiments/run_all.sh "$@"
+}
+
 usage() {
-  echo "usage: ./workflow.sh {setup|demo|test|lint|table|bench} [args...]" >&2
+  echo "usage: ./workflow.sh {setup|demo|test|lint|table|bench|experiments} [args...]" >&2
   exit 2
 }
 
@@ -86,5 +91,6 @@ case "$command" in
   lint) cmd_lint ;;
   table) cmd_table "$@" ;;
   bench) cmd_bench "$@" ;;
+  experiments) cmd_experiments "$@" ;;
   *) usage ;;
 esac
