@@ -31,9 +31,9 @@ def recipe_fidelity(
     eval_images: Sequence[np.ndarray],
 ) -> dict[str, Any]:
     """Calibrate, export raw (to a temporary file), compare in float64 and float32; one flat row."""
+    from rtq.debug.inputs import load_named_detector
+    from rtq.errors import UserError
     from rtq.export.onnx_export import export_raw_onnx
-    from rtq.models import RTDETRIO, build_deploy_model
-    from rtq.models.rtdetr import RawOutputs, raw_network
     from rtq.quant.calibrate import calibration_feeds
     from rtq.quant.fidelity import raw_output_fidelity
     from rtq.quant.quantize import quantize
@@ -48,20 +48,18 @@ def recipe_fidelity(
             recipe.calib, max_images=calib_images, batch_size=min(recipe.calib.batch_size, calib_images)
         ),
     )
-    io = RTDETRIO()
-    model = quantize(
-        build_deploy_model(model_name, checkpoint),
-        recipe,
-        calibration_feeds(recipe, io, calib),
-        progress=False,
-    )
+    detector = load_named_detector(model_name, checkpoint=None if checkpoint is None else str(checkpoint))
+    io = detector.io
+    model = quantize(detector.torch_model, recipe, calibration_feeds(recipe, io, calib), progress=False)
+    raw = detector.family.raw_outputs(model)
+    if raw is None:
+        raise UserError(f"{model_name}: no raw-output form in its family (no raw fidelity); use an RT-DETR")
     feeds = [io.preprocess([image])[0] for image in eval_images]
     with tempfile.TemporaryDirectory(prefix="rtq_fidelity_") as work:
-        raw_path = export_raw_onnx(RawOutputs(raw_network(model)), Path(work) / "raw.onnx")
+        raw_path = export_raw_onnx(raw, Path(work) / "raw.onnx")
         exact = raw_output_fidelity(model, raw_path, feeds, float64=True)
         deployed = raw_output_fidelity(model, raw_path, feeds)
-        network = RawOutputs(raw_network(model)).eval()
-        pairs = quantizer_fidelity(network, raw_path, {"images": feeds[0]["images"]})
+        pairs = quantizer_fidelity(raw.eval(), raw_path, {"images": feeds[0]["images"]})
     return {
         "model": model_name,
         "recipe": recipe_name,
