@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
+
+from rtq.files import atomic_target
 
 
 def file_digest(path: str | Path, chunk_size: int = 1 << 20) -> str:
@@ -55,7 +56,6 @@ class ArtifactCache:
         target_dir = self.root / kind / key
         target_dir.mkdir(parents=True, exist_ok=True)
         target = target_dir / (filename or source.name)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
+        with atomic_target(target) as tmp:
+            shutil.copyfile(source, tmp)
         return target

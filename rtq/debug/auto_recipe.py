@@ -10,7 +10,6 @@ modelopt recipe (`exclude` module globs), ONNX-only models an ONNX PTQ recipe (`
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import yaml
 
 from rtq.debug.sensitivity import Metrics, SensitivityResult
 from rtq.errors import UserError
+from rtq.files import write_atomic
 
 
 @dataclass
@@ -121,10 +121,5 @@ def onnx_recipe_dict(
 
 def write_recipe(recipe: dict[str, Any], path: str | Path, header: str = "") -> Path:
     """Write the recipe YAML (temporary name, then rename)."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     text = "".join(f"# {line}\n" for line in header.splitlines()) + yaml.safe_dump(recipe, sort_keys=False)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, out)
-    return out
+    return write_atomic(path, text)

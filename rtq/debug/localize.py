@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ import onnx
 from rtq.debug.oracles import Oracle
 from rtq.debug.structure import Candidate, find_candidates, find_fusion_clusters
 from rtq.errors import UserError
-from rtq.files import write_atomic
+from rtq.files import save_onnx_atomic, write_atomic
 from rtq.onnx_graph import mark_outputs
 
 DEFAULT_THRESHOLD_FRACTION = 0.05
@@ -219,9 +218,7 @@ def write_report(result: LocalizationResult, model: onnx.ModelProto, out_dir: Pa
     out_dir.mkdir(parents=True, exist_ok=True)
     if result.minimal_set:
         patched = out_dir / f"{source_name}.localized.onnx"
-        tmp = patched.with_name(patched.name + ".tmp")
-        onnx.save(mark_outputs(model, sorted(result.minimal_set)), str(tmp))
-        os.replace(tmp, patched)
+        save_onnx_atomic(mark_outputs(model, sorted(result.minimal_set)), patched)
         result.patched_onnx = str(patched)
     write_atomic(out_dir / "report.json", json.dumps(result.to_json(), indent=2) + "\n")
     write_atomic(out_dir / "report.md", render_markdown(result, source_name))

@@ -9,7 +9,6 @@ carry `dim_param == "N"` on axis 0 after export (and again after simplification)
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import warnings
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from rtq.errors import UserError
+from rtq.files import atomic_target
 from rtq.models.io import DETECTION_INPUTS, DETECTION_OUTPUTS
 
 BATCH_DIM = "N"
@@ -151,29 +151,26 @@ def export_module(
 ) -> Path:
     """TorchScript export of any module to a temporary name, checks, then rename (no partial files)."""
     input_names, output_names = names
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     dynamic_axes = (
         {name: {0: BATCH_DIM} for name in input_names + output_names} if dynamic_batch else None
     )
     model.eval()
-    try:
-        with torch.no_grad(), _quiet_export():
-            torch.onnx.export(
-                model,
-                inputs,
-                str(tmp),
-                input_names=list(input_names),
-                output_names=list(output_names),
-                opset_version=opset,
-                dynamic_axes=dynamic_axes,
-                do_constant_folding=True,
-                dynamo=False,
-            )
-    except (torch.onnx.errors.OnnxExporterError, RuntimeError) as err:
-        tmp.unlink(missing_ok=True)
-        raise _export_error(err, model, inputs) from err
-    try:
+    with atomic_target(path) as tmp:
+        try:
+            with torch.no_grad(), _quiet_export():
+                torch.onnx.export(
+                    model,
+                    inputs,
+                    str(tmp),
+                    input_names=list(input_names),
+                    output_names=list(output_names),
+                    opset_version=opset,
+                    dynamic_axes=dynamic_axes,
+                    do_constant_folding=True,
+                    dynamo=False,
+                )
+        except (torch.onnx.errors.OnnxExporterError, RuntimeError) as err:
+            raise _export_error(err, model, inputs) from err
         proto = onnx.load(str(tmp))
         if simplify:
             proto = _simplify(proto)
@@ -182,10 +179,6 @@ def export_module(
             check_symbolic_batch(proto)
         onnx.save(proto, str(tmp))
         onnx.checker.check_model(str(tmp))
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
     return path
 
 

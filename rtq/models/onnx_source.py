@@ -18,6 +18,7 @@ import onnx
 from onnx import numpy_helper
 
 from rtq.errors import UserError
+from rtq.files import save_onnx_atomic
 
 BATCH_DIM = "N"
 
@@ -185,9 +186,4 @@ def dynamic_batch_onnx(
 ) -> tuple[Path, BatchRewrite]:
     """Load `src`, rewrite its batch to `dim_name` and save it to `dst` (written atomically)."""
     model, report = make_batch_dynamic(load_detector_onnx(src), dim_name)
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_suffix(".tmp.onnx")
-    onnx.save(model, str(tmp))
-    tmp.replace(dst)
-    return dst, report
+    return save_onnx_atomic(model, dst), report

@@ -7,33 +7,19 @@ of every experiment is kept and the latest line of a configuration is its curren
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from rtq.errors import UserError
+from rtq.files import write_atomic
 
 RESULTS_FILE = "results.json"
 
 
 def write_results(run_dir: str | Path, row: dict[str, Any]) -> Path:
     """Write `row` to RUN_DIR/results.json atomically: a reader never sees a partial file."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    target = run_dir / RESULTS_FILE
-    fd, tmp_name = tempfile.mkstemp(dir=run_dir, prefix=".results.", suffix=".json.tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(row, handle, indent=2, sort_keys=False, allow_nan=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return target
+    text = json.dumps(row, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    return write_atomic(Path(run_dir) / RESULTS_FILE, text, fsync=True)
 
 
 def append_to_store(store_path: str | Path, row: dict[str, Any]) -> Path:

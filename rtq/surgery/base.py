@@ -11,8 +11,6 @@ it optional: a surgery that silently did nothing would make every later measurem
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any
 import onnx
 
 from rtq.errors import UserError
+from rtq.files import save_onnx_atomic, write_atomic
 from rtq.registry import Registry
 
 # Custom (plugin) nodes live in the default domain "" so the TensorRT ONNX parser looks them up in the
@@ -144,22 +143,6 @@ def check_model(model: onnx.ModelProto) -> list[str]:
     return sorted(plugins)
 
 
-def save_model_atomic(model: onnx.ModelProto, path: str | Path) -> None:
-    """Write to a temporary file beside ``path`` and rename, so no reader sees half a model."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        large = model.ByteSize() > 2_000_000_000 - 1
-        onnx.save(model, tmp, save_as_external_data=large,
-                  location=f"{path.name}.data" if large else None)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def apply_passes(model: onnx.ModelProto, pass_specs: Sequence[Mapping[str, Any] | str],
                  graph_label: str = "<model>") -> tuple[onnx.ModelProto, list[PassReport]]:
     """Apply passes in order to an in-memory model; see `run_passes` for the rules."""
@@ -208,7 +191,7 @@ def run_passes(onnx_in: str | Path, onnx_out: str | Path,
                         f"ONNX checker rejects: {first}") from None
     if plugins and reports:
         reports[-1].notes.append(f"checker saw plugin ops {plugins} as custom-domain ops")
-    save_model_atomic(out, onnx_out)
+    save_onnx_atomic(out, onnx_out)
     return reports
 
 
@@ -226,9 +209,5 @@ def write_reports(reports: Sequence[PassReport], out_dir: str | Path, stem: str 
     written = []
     for path, text in ((out / f"{stem}.json", json.dumps([r.to_dict() for r in reports], indent=2)),
                        (out / f"{stem}.md", reports_markdown(reports))):
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=out)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-        written.append(path)
+        written.append(write_atomic(path, text))
     return written

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, cast
 
 from rtq.errors import StageSkipped, UserError
+from rtq.files import save_onnx_atomic
 
 Precision = Literal["int8_qdq", "fp16", "fp32"]
 PRECISIONS: tuple[str, ...] = ("int8_qdq", "fp16", "fp32")
@@ -181,11 +182,7 @@ def convert_onnx_to_fp16(src: Path, dst: Path) -> Path:
 
     model = onnx.load(str(src))
     converted = float16.convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    onnx.save(converted, str(tmp))
-    tmp.replace(dst)
-    return dst
+    return save_onnx_atomic(converted, dst)
 
 
 def load_plugin_libraries(trt: TensorRTModule, libraries: Sequence[Path]) -> list[Any]:

@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rtq.files import write_atomic
+
 _ONNX_LAYER = re.compile(r"\[ONNX Layer: (.*)\]")
 _SEPARATORS = re.compile(r"[\x1e\x1f\n]")
 
@@ -287,10 +289,7 @@ def diff_markdown(diff: EngineDiff) -> str:
 
 
 def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_atomic(path, text)
 
 
 def write_layers_report(
