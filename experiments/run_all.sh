@@ -7,12 +7,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-STORE=experiments/results.jsonl
+STORE=runs/experiments/results.jsonl  # moved over experiments/results.jsonl once every row is in
 CKPT=../shared/fixtures/rtdetrv2_r18vd_parity/checkpoint.pth
 what=${1:-all}
 [ -f "$CKPT" ] || { echo "run_all: $CKPT not found (../shared beside the project)" >&2; exit 2; }
 
 # 1. Pipeline rows -> results.{jsonl,md,csv}
+mkdir -p runs/experiments
 : > "$STORE"
 common=("results.store=$STORE" "evaluate.sweep_batches=[1,4]" "evaluate.iterations=3")
 rtdetr=("model.checkpoint=$CKPT" "data.max_images=16" "quant.calib.max_images=16" "quant.calib.batch_size=4"
@@ -27,6 +28,8 @@ for exp in yolox_fp32 yolox_fp32_capped yolox_int8_all_max yolox_int8_all_entrop
            yolox_int8_convs_float yolox_int8_max yolox_int8_entropy yolox_int8_auto yolox_int8_end2end; do
   $PY -m rtq.run experiment=$exp "results.store=$STORE" "evaluate.sweep_batches=[1,8]" "evaluate.iterations=5"
 done
+mv "$STORE" experiments/results.jsonl
+STORE=experiments/results.jsonl
 $PY -m rtq.table --store "$STORE" --out experiments/results.md --csv experiments/results.csv
 $PY -m rtq.table --store "$STORE" --analysis experiments/yolox_nano.analysis.md --out experiments/yolox_nano.md
 [ "$what" = table ] && exit 0
