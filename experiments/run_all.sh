@@ -52,13 +52,21 @@ $PY -m rtq.debug fidelity --checkpoint "$CKPT" --recipe int8_default --recipe in
 $PY -m rtq.debug sensitivity --model yolox_nano --calib-images 16 --auto-recipe int8_yolox_auto \
     --max-ap-drop 1.0 --out experiments/sensitivity_yolox_nano
 
-# 5. RT-DETR sensitivity before/after the pipeline's own quantize() (inputs committed beside it)
+# 5. RT-DETR sensitivity before/after the pipeline's own quantize(). Its inputs are committed beside
+#    it: before/*.json by `python -m rtq.debug sensitivity --model rtdetrv2_r18vd --checkpoint CKPT
+#    --recipe R --calib-images 4 --no-ap --out DIR` at commit fa43277 (each variant quantized by a
+#    bare mtq.quantize), after/*.json by the same command on the current code.
 SENS=experiments/sensitivity_rtdetrv2_r18vd
+NOTE="Weights are the synthetic parity fixture, so the ranking itself is noise-level; the point is \
+which quantization is measured. Before (commit fa43277): each variant quantized by a bare mtq.quantize \
+(no recipe glob check, no histogram finishing, no weight snapping) on images resized with PIL's default \
+filter. After: each variant quantized by rtq.quant.quantize, the function the pipeline deploys with, on \
+the detector's own preprocessing (PIL bilinear, as deployed)."
 $PY -m rtq.debug sensitivity-diff \
     --before "$SENS/before/int8_default.json" --after "$SENS/after/int8_default.json" \
     --before "$SENS/before/int8_histogram.json" --after "$SENS/after/int8_histogram.json" \
-    --title "RT-DETRv2-R18 sensitivity ranking: direct mtq.quantize (before) vs rtq's quantize() (after)" \
-    --out "$SENS.md"
+    --title "RT-DETRv2-R18 sensitivity ranking: bare mtq.quantize (before) vs rtq's quantize() (after)" \
+    --note "$NOTE" --out "$SENS.md"
 
 # 6. The CPU benchmark (defaults: conf/bench.yaml) -> bench_rtdetrv2_r18vd.{md,json}
 $PY -m rtq.bench
