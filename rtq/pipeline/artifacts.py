@@ -29,6 +29,7 @@ class Artifacts:
     torch_model: Any = None
     source_onnx: Path | None = None
     quantized_model: Any = None
+    quantized_key: str = ""  # cache key of `quantized_model`: what later keys build on
     onnx: Path | None = None
     qdq_onnx: Path | None = None
     surgered_onnx: Path | None = None

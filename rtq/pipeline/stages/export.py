@@ -10,7 +10,6 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from rtq.pipeline.caching import reuse_or_make, stage_key
-from rtq.pipeline.inputs import calibration_source
 from rtq.pipeline.stage import StageContext, StageResult, register_stage
 
 
@@ -28,12 +27,7 @@ def stage_export(ctx: StageContext) -> StageResult:
     settings = ctx.section("export")
     opset, simplify = int(settings.get("opset", 17)), bool(settings.get("simplify", False))
     shaping = {"opset": opset, "simplify": simplify}
-    key = stage_key(
-        ctx,
-        export=shaping,
-        quant=ctx.section("quant") if quantized else None,
-        calib=calibration_source(ctx.cfg) if quantized else None,
-    )
+    key = stage_key(ctx, export=shaping, quantized=art.quantized_key if quantized else None)
     hit = reuse_or_make(
         ctx,
         "onnx",

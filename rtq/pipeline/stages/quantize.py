@@ -64,5 +64,5 @@ def stage_quantize(ctx: StageContext) -> StageResult:
     model.eval()
     summary = quantizer_summary(model)
     print_summary(summary)
-    ctx.artifacts.quantized_model = model
+    ctx.artifacts.quantized_model, ctx.artifacts.quantized_key = model, key
     return StageResult(inputs=[source], record={"quantizers": summary}, cached=how)
