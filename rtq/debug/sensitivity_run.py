@@ -8,6 +8,7 @@ with the sorted-score fidelity. The settings come from the `sensitivity:` sectio
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -149,25 +150,30 @@ def analyse(
     from rtq.debug.auto_recipe import greedy_float_groups, write_recipe
     from rtq.debug.sensitivity_report import write_reports
 
-    prepared = prepare(detector, settings, images, out)
-    if reused is not None:
-        result = reused
-    else:
-        result = prepared.run()
-        result.command = command
-    json_path, md_path = write_reports(result, out, stem=f"sensitivity_{detector.name}")
-    written = [json_path, md_path]
-    if settings.auto_recipe:
-        chosen = greedy_float_groups(result, prepared.measure, settings.max_ap_drop, settings.max_fidelity)
-        last = chosen.steps[-1].metrics
-        recipe = prepared.make_recipe(
-            chosen.float_groups,
-            f"auto recipe for {detector.name}: float groups {chosen.float_groups} "
-            f"(target met: {chosen.met}; measured AP {last.ap}, fidelity {last.fidelity:.4f})",
-        )
-        header = f"Produced by: {command}"
-        if reused is not None and reused.command:
-            header += f"\nRanking measured by: {reused.command}"
-        written.append(write_recipe(recipe, out / f"{settings.auto_recipe}.yaml", header=header))
-        print(f"auto recipe: float groups {chosen.float_groups}, target met: {chosen.met} -> {written[-1]}")
+    with tempfile.TemporaryDirectory(prefix="rtq-sensitivity-") as work:  # quantized variants, not kept
+        prepared = prepare(detector, settings, images, Path(work))
+        if reused is not None:
+            result = reused
+        else:
+            result = prepared.run()
+            result.command = command
+        json_path, md_path = write_reports(result, out, stem=f"sensitivity_{detector.name}")
+        written = [json_path, md_path]
+        if settings.auto_recipe:
+            chosen = greedy_float_groups(
+                result, prepared.measure, settings.max_ap_drop, settings.max_fidelity
+            )
+            last = chosen.steps[-1].metrics
+            recipe = prepared.make_recipe(
+                chosen.float_groups,
+                f"auto recipe for {detector.name}: float groups {chosen.float_groups} "
+                f"(target met: {chosen.met}; measured AP {last.ap}, fidelity {last.fidelity:.4f})",
+            )
+            header = f"Produced by: {command}"
+            if reused is not None and reused.command:
+                header += f"\nRanking measured by: {reused.command}"
+            written.append(write_recipe(recipe, out / f"{settings.auto_recipe}.yaml", header=header))
+            print(
+                f"auto recipe: float groups {chosen.float_groups}, target met: {chosen.met} -> {written[-1]}"
+            )
     return result, written
