@@ -101,6 +101,14 @@ def check_inputs(cfg: DictConfig, chain: list[StageSpec]) -> None:
         CocoDataset(str(cfg.data.root), max_images=cfg.data.get("max_images"))
     if names & {"quantize", "quantize_onnx"} and quant_enabled(cfg):
         find_calibration_images(calibration_source(cfg))
+    if "quantize" in names and quant_enabled(cfg):
+        from omegaconf import OmegaConf
+
+        from rtq.quant.recipes import recipe_from_dict
+
+        quant = OmegaConf.to_container(cfg.quant, resolve=True)
+        assert isinstance(quant, dict)
+        recipe_from_dict({str(k): v for k, v in quant.items()})  # a bad recipe fails before any model loads
 
 
 @dataclass

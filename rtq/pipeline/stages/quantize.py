@@ -35,19 +35,20 @@ def _source_listing(folder: str) -> list[str]:
 )
 def stage_quantize(ctx: StageContext) -> StageResult:
     """Calibrate a copy of the torch model with the `quant` recipe (modelopt fake-quant)."""
-    import modelopt.torch.opt as mto
-
-    from rtq.quant.calibrate import calibration_feeds
-    from rtq.quant.quantize import quantize
     from rtq.quant.recipes import check_module_globs, recipe_from_dict
-    from rtq.quant.summary import print_summary, quantizer_summary
 
     if not quant_enabled(ctx.cfg):
         raise StageSkipped("quant=none: nothing to quantize")
     recipe = recipe_from_dict(ctx.section("quant"))
     source = calibration_source(ctx.cfg)
     fp32 = ctx.detector.torch_model
-    check_module_globs(recipe, fp32)  # before the cache: a glob matching nothing is an error either way
+    check_module_globs(recipe, fp32)  # before the cache and modelopt's import: a bad glob fails at once
+
+    import modelopt.torch.opt as mto
+
+    from rtq.quant.calibrate import calibration_feeds
+    from rtq.quant.quantize import quantize
+    from rtq.quant.summary import print_summary, quantizer_summary
     key = stage_key(ctx, quant=ctx.section("quant"), calib=_source_listing(source))
     cached = ctx.cache.lookup("quantized", key, "modelopt_state.pth")
     if cached is not None:
