@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,19 @@ class ArtifactCache:
     def lookup(self, kind: str, key: str, filename: str) -> Path | None:
         path = self.root / kind / key / filename
         return path if path.is_file() else None
+
+    def fetch_or_make(
+        self, kind: str, key: str, filename: str, make: Callable[[Path], object]
+    ) -> tuple[Path, bool]:
+        """The cached `kind/key/filename`, made first (into a temporary folder) when missing; and
+        whether it was a hit."""
+        found = self.lookup(kind, key, filename)
+        if found is not None:
+            return found, True
+        with tempfile.TemporaryDirectory(prefix="rtq-cache-") as tmp:
+            path = Path(tmp) / filename
+            make(path)
+            return self.store(kind, key, path), False
 
     def store(self, kind: str, key: str, source: Path, filename: str | None = None) -> Path:
         """Copy `source` into the cache atomically and return the cached path."""

@@ -1,4 +1,4 @@
-"""Defaults of the command lines, read from `conf/` so that each default lives in one place.
+"""Reading `conf/`: resolvers, the composed pipeline config, and the command lines' defaults.
 
 `python -m rtq.run` composes the full config with Hydra; the smaller entry points (`rtq.debug`,
 `rtq.compare`, `rtq.bench`) take their defaults from the same YAML sections through here, so
@@ -9,9 +9,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from rtq.paths import CONF_DIR
+from rtq.paths import CONF_DIR, PROJECT_ROOT, SHARED_DIR
+
+
+def register_resolvers() -> None:
+    """`${rtq_root:}` (the project folder) and `${rtq_shared:}` (../shared) in configs, so defaults
+    work from any directory."""
+    for name, folder in (("rtq_root", PROJECT_ROOT), ("rtq_shared", SHARED_DIR)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, lambda folder=folder: str(folder))
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The pipeline config `python -m rtq.run OVERRIDES` would run, composed with Hydra's API."""
+    from hydra import compose, initialize_config_dir
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides)
 
 
 def conf_section(name: str, file: str = "config.yaml") -> dict[str, Any]:

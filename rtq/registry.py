@@ -6,7 +6,7 @@ known names" in rtq behaves the same way, as modelopt's mode registry does for i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from rtq.errors import UserError
@@ -49,6 +49,3 @@ class Registry(Generic[T]):
 
     def __getitem__(self, name: str) -> T:
         return self._entries[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)

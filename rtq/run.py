@@ -15,20 +15,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, ValueType
 from hydra.errors import OverrideParseException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from rtq.config import register_resolvers
 from rtq.errors import EXIT_USER_ERROR, UserError
-from rtq.paths import CONF_DIR, PROJECT_ROOT
+from rtq.paths import CONF_DIR
 
 log = logging.getLogger("rtq")
 
 CONFIG_GROUPS = ("model", "data", "quant", "surgery", "backend", "experiment")
-
-
-def register_resolvers() -> None:
-    """`${rtq_root:}` in configs is the project folder, so defaults work from any directory."""
-    if not OmegaConf.has_resolver("rtq_root"):
-        OmegaConf.register_new_resolver("rtq_root", lambda: str(PROJECT_ROOT))
 
 
 # Hydra's flags that take a value (`--flag VALUE` or `--flag=VALUE`); everything else not starting

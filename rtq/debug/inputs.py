@@ -19,7 +19,7 @@ def model_config(name: str, **overrides: Any) -> dict[str, Any]:
     """`conf/model/<name>.yaml` resolved, with the overrides that are not None applied."""
     from omegaconf import OmegaConf
 
-    from rtq.run import register_resolvers
+    from rtq.config import register_resolvers
 
     path = CONF_DIR / "model" / f"{name}.yaml"
     if not path.is_file():

@@ -9,9 +9,7 @@ ORT-oriented INT8 files are ORT's own `quantize_static` of that FP32 export, one
 
 from __future__ import annotations
 
-import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,14 +50,10 @@ def pipeline_overrides(settings: BenchSettings) -> list[str]:
 
 def _run_chain(settings: BenchSettings, name: str, overrides: list[str]) -> tuple[Any, str]:
     """Run a pipeline chain into the cache folder; its chain result and a line on where it came from."""
-    from hydra import compose, initialize_config_dir
-
+    from rtq.config import compose_config
     from rtq.pipeline.driver import run_chain
-    from rtq.run import register_resolvers
 
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[*pipeline_overrides(settings), *overrides])
+    cfg = compose_config([*pipeline_overrides(settings), *overrides])
     started = time.perf_counter()
     chain = run_chain(cfg, settings.cache_dir / "bench_runs" / name)
     states = ", ".join(f"{r.stage} {r.status}" for r in chain.records)
@@ -122,25 +116,7 @@ def ort_int8_onnx(
             fp32_path, path, feeds, op_types=variant.op_types, float_scopes=variant.float_scopes
         )
 
-    return _cached(cache, "ort_qdq", key, "model.int8_ort.onnx", build, sources)
-
-
-def _cached(
-    cache: ArtifactCache,
-    kind: str,
-    key: str,
-    filename: str,
-    build: Callable[[Path], None],
-    sources: dict[str, str],
-) -> Path:
-    """The cached file of `kind`/`key`, built into a temporary folder first when missing."""
-    found = cache.lookup(kind, key, filename)
-    if found is not None:
-        sources[f"{kind}/{key}"] = "cache"
-        return found
-    with tempfile.TemporaryDirectory(prefix="rtq-bench-") as tmp:
-        path = Path(tmp) / filename
-        start = time.perf_counter()
-        build(path)
-        sources[f"{kind}/{key}"] = f"built in {time.perf_counter() - start:.0f} s"
-        return cache.store(kind, key, path)
+    started = time.perf_counter()
+    path, hit = cache.fetch_or_make("ort_qdq", key, "model.int8_ort.onnx", build)
+    sources[f"ort_qdq/{key}"] = "cache" if hit else f"built in {time.perf_counter() - started:.0f} s"
+    return path

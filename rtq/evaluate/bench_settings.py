@@ -15,8 +15,9 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rtq.config import register_resolvers
 from rtq.errors import UserError
-from rtq.paths import CONF_DIR, SHARED_DIR
+from rtq.paths import CONF_DIR
 from rtq.quant.ort_static import OrtVariant, ort_variants
 
 BENCH_CONFIG = CONF_DIR / "bench.yaml"
@@ -73,15 +74,6 @@ class BenchSettings:
         }
 
 
-def _register_resolvers() -> None:
-    """`${rtq_root:}` as in the pipeline configs, and `${rtq_shared:}` for shared fixtures."""
-    from rtq.run import register_resolvers
-
-    register_resolvers()
-    if not OmegaConf.has_resolver("rtq_shared"):
-        OmegaConf.register_new_resolver("rtq_shared", lambda: str(SHARED_DIR))
-
-
 def _path(value: Any) -> Path | None:
     if value is None or str(value).lower() in ("none", "null", ""):
         return None
@@ -90,7 +82,7 @@ def _path(value: Any) -> Path | None:
 
 def load_settings(overrides: Mapping[str, Any] | None = None, config: Path = BENCH_CONFIG) -> BenchSettings:
     """`config` merged with `overrides` (keys as in the YAML; None values are ignored), checked."""
-    _register_resolvers()
+    register_resolvers()
     try:
         cfg = OmegaConf.load(config)
         given = {

@@ -34,16 +34,8 @@ def stage_key(ctx: StageContext, **parts: Any) -> str:
 
 
 def reuse_or_make(ctx: StageContext, kind: str, key: str, out: Path, make: Callable[[Path], object]) -> bool:
-    """Copy the cached `kind/key` file to `out`, or `make(out)` and store it; True on a cache hit."""
-    cached = ctx.cache.lookup(kind, key, out.name)
-    if cached is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(cached, out)
-        return True
-    make(out)
-    ctx.cache.store(kind, key, out)
-    return False
-
-
-def digest_or_none(path: Path | None) -> str | None:
-    return file_digest(path) if path is not None else None
+    """The cached `kind/key` file (made first when missing) copied to `out`; True on a cache hit."""
+    cached, hit = ctx.cache.fetch_or_make(kind, key, out.name, make)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(cached, out)
+    return hit

@@ -23,7 +23,7 @@ from rtq.files import write_atomic
 from rtq.models.family import Detector, Source, family_source, load_detector
 from rtq.pipeline.artifacts import ARTIFACT_DOCS, Artifacts
 from rtq.pipeline.row import result_row
-from rtq.pipeline.stage import STAGES, StageContext, StageResult, StageSpec
+from rtq.pipeline.stage import STAGES, StageContext, StageResult, StageSpec, canonical_order
 
 log = logging.getLogger("rtq")
 
@@ -48,9 +48,7 @@ def _makers(name: str, cfg: DictConfig) -> list[str]:
     everything = frozenset(ARTIFACT_DOCS)
     fp32 = everything - {"quantized_model"}
     return [
-        s.name
-        for s in sorted(STAGES.values(), key=lambda s: s.order)
-        if name in s.makes_for(cfg, everything) | s.makes_for(cfg, fp32)
+        s.name for s in canonical_order() if name in s.makes_for(cfg, everything) | s.makes_for(cfg, fp32)
     ]
 
 
@@ -59,7 +57,7 @@ def check_chain(cfg: DictConfig, source: Source | None = None) -> list[StageSpec
     names = [str(n) for n in cfg.stages]
     unknown = [n for n in names if n not in STAGES]
     if unknown:
-        known = ", ".join(s.name for s in sorted(STAGES.values(), key=lambda s: s.order))
+        known = ", ".join(s.name for s in canonical_order())
         raise UserError(f"unknown stage {unknown[0]!r} in `stages`; known stages, in order: {known}")
     if len(set(names)) != len(names):
         raise UserError(f"`stages` lists a stage twice: {names}; list each stage once")
@@ -68,7 +66,7 @@ def check_chain(cfg: DictConfig, source: Source | None = None) -> list[StageSpec
         if after.order < before.order:
             raise UserError(
                 f"stage {after.name!r} cannot come after {before.name!r}; the canonical order is "
-                + " -> ".join(s.name for s in sorted(STAGES.values(), key=lambda s: s.order))
+                + " -> ".join(s.name for s in canonical_order())
             )
     source = source or family_source(cfg.model)
     available = _initial(source)

@@ -71,7 +71,6 @@ class StageSpec:
     needs: Needs | Callable[[DictConfig], Needs]
     makes: frozenset[str] | MakesFn
     records: tuple[str, ...] = ()  # result fields (in results.json) this stage owns
-    doc: str = ""
 
     def needs_for(self, cfg: DictConfig) -> Needs:
         return self.needs(cfg) if callable(self.needs) else self.needs
@@ -96,8 +95,7 @@ def register_stage(
 
     def decorate(fn: StageFn) -> StageFn:
         made = frozenset(makes) if isinstance(makes, tuple | frozenset) else makes
-        doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        STAGES.add(name, StageSpec(name, fn, order, section, needs, made, records, doc))
+        STAGES.add(name, StageSpec(name, fn, order, section, needs, made, records))
         return fn
 
     return decorate
@@ -106,3 +104,13 @@ def register_stage(
 def quant_enabled(cfg: DictConfig) -> bool:
     """Whether the config names a quantization recipe (`quant=none` is the FP32 path)."""
     return str(cfg.quant.get("name", "none")) != "none"
+
+
+def made_if_quantized(artifact: str) -> MakesFn:
+    """`makes` of a quantization stage: `artifact` when a recipe is configured, else nothing."""
+    return lambda cfg, available: frozenset({artifact}) if quant_enabled(cfg) else frozenset()
+
+
+def canonical_order() -> list[StageSpec]:
+    """Every registered stage, in the order a chain must list them."""
+    return sorted(STAGES.values(), key=lambda spec: spec.order)

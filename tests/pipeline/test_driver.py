@@ -6,23 +6,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from rtq.config import compose_config
 from rtq.errors import UserError
 from rtq.paths import CONF_DIR
 from rtq.pipeline.artifacts import ARTIFACT_DOCS, Artifacts
 from rtq.pipeline.driver import check_chain
 from rtq.pipeline.stage import STAGES
-from rtq.run import register_resolvers
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 
 def compose_experiment(name: str, *overrides: str) -> DictConfig:
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=[f"experiment={name}", *overrides])
+    return compose_config([f"experiment={name}", *overrides])
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

@@ -8,15 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from rtq.cache import ArtifactCache
+from rtq.config import compose_config
 from rtq.models.family import load_detector
-from rtq.paths import CONF_DIR, SHARED_DIR
+from rtq.paths import SHARED_DIR
 from rtq.pipeline.artifacts import Artifacts
 from rtq.pipeline.stage import StageContext
 from rtq.pipeline.stages.quantize import stage_quantize
-from rtq.run import register_resolvers
 
 PARITY_CHECKPOINT = SHARED_DIR / "fixtures" / "rtdetrv2_r18vd_parity" / "checkpoint.pth"
 
@@ -25,19 +24,16 @@ PARITY_CHECKPOINT = SHARED_DIR / "fixtures" / "rtdetrv2_r18vd_parity" / "checkpo
     not PARITY_CHECKPOINT.is_file(), reason=f"parity checkpoint not found at {PARITY_CHECKPOINT}"
 )
 def test_cache_hit_restores_the_calibrated_model(tmp_path: Path) -> None:
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[
-                "experiment=int8_default",
-                f"model.checkpoint={PARITY_CHECKPOINT}",
-                "backend=torch",
-                "quant.calib.max_images=2",
-                "quant.calib.batch_size=2",
-                f"cache_dir={tmp_path / 'cache'}",
-            ],
-        )
+    cfg = compose_config(
+        [
+            "experiment=int8_default",
+            f"model.checkpoint={PARITY_CHECKPOINT}",
+            "backend=torch",
+            "quant.calib.max_images=2",
+            "quant.calib.batch_size=2",
+            f"cache_dir={tmp_path / 'cache'}",
+        ]
+    )
     detector = load_detector(cfg.model)
     cache = ArtifactCache(tmp_path / "cache")
 

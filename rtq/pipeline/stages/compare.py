@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 
-from omegaconf import DictConfig
-
 from rtq.errors import UserError
 from rtq.pipeline.inputs import eval_images
 from rtq.pipeline.runners import graph_runner, target_runner
@@ -18,11 +16,7 @@ from rtq.pipeline.stage import StageContext, StageResult, register_stage
 log = logging.getLogger("rtq")
 
 
-def _needs(cfg: DictConfig) -> tuple[str, ...]:
-    return ("qdq_onnx|onnx",)
-
-
-@register_stage("compare", order=70, section="compare", needs=_needs, records=("compare",))
+@register_stage("compare", order=70, section="compare", needs=("qdq_onnx|onnx",), records=("compare",))
 def stage_compare(ctx: StageContext) -> StageResult:
     """Compare target and reference on `compare.num_images` images; write `compare/report.{md,json}`."""
     from polygraphy.logger import G_LOGGER

@@ -14,7 +14,7 @@ from pathlib import Path
 from rtq.errors import StageSkipped
 from rtq.pipeline.caching import stage_key
 from rtq.pipeline.inputs import calibration_source
-from rtq.pipeline.stage import StageContext, StageResult, quant_enabled, register_stage
+from rtq.pipeline.stage import StageContext, StageResult, made_if_quantized, quant_enabled, register_stage
 
 log = logging.getLogger("rtq")
 
@@ -30,7 +30,7 @@ def _source_listing(folder: str) -> list[str]:
     order=10,
     section="quant",
     needs=("torch_model",),
-    makes=lambda cfg, available: frozenset({"quantized_model"}) if quant_enabled(cfg) else frozenset(),
+    makes=made_if_quantized("quantized_model"),
     records=("quantizers",),
 )
 def stage_quantize(ctx: StageContext) -> StageResult:
@@ -49,6 +49,7 @@ def stage_quantize(ctx: StageContext) -> StageResult:
     from rtq.quant.calibrate import calibration_feeds
     from rtq.quant.quantize import quantize
     from rtq.quant.summary import print_summary, quantizer_summary
+
     key = stage_key(ctx, quant=ctx.section("quant"), calib=_source_listing(source))
     cached = ctx.cache.lookup("quantized", key, "modelopt_state.pth")
     if cached is not None:

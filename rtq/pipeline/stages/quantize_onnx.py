@@ -7,7 +7,7 @@ import logging
 from rtq.errors import StageSkipped, UserError
 from rtq.pipeline.caching import reuse_or_make, stage_key
 from rtq.pipeline.inputs import calibration_source
-from rtq.pipeline.stage import StageContext, StageResult, quant_enabled, register_stage
+from rtq.pipeline.stage import StageContext, StageResult, made_if_quantized, quant_enabled, register_stage
 
 log = logging.getLogger("rtq")
 
@@ -17,7 +17,7 @@ log = logging.getLogger("rtq")
     order=30,
     section="quant",
     needs=("onnx",),
-    makes=lambda cfg, available: frozenset({"qdq_onnx"}) if quant_enabled(cfg) else frozenset(),
+    makes=made_if_quantized("qdq_onnx"),
     records=("quantizers",),
 )
 def stage_quantize_onnx(ctx: StageContext) -> StageResult:

@@ -8,17 +8,17 @@ recipe that keeps the worst groups in float.
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
-
 from rtq.pipeline.inputs import calibration_source
 from rtq.pipeline.stage import StageContext, StageResult, register_stage
 
 
-def _needs(cfg: DictConfig) -> tuple[str, ...]:
-    return ("torch_model|source_onnx",)
-
-
-@register_stage("sensitivity", order=85, section="sensitivity", needs=_needs, records=("sensitivity",))
+@register_stage(
+    "sensitivity",
+    order=85,
+    section="sensitivity",
+    needs=("torch_model|source_onnx",),
+    records=("sensitivity",),
+)
 def stage_sensitivity(ctx: StageContext) -> StageResult:
     """Rank the detector's quantization groups; optionally write an auto recipe."""
     from rtq.data.calib import CalibrationImages
