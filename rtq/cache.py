@@ -57,13 +57,17 @@ class ArtifactCache:
         self, kind: str, key: str, filename: str, make: Callable[[Path], object]
     ) -> tuple[Path, bool]:
         """The cached `kind/key/filename`, made first (into a temporary folder) when missing; and
-        whether it was a hit."""
+        whether it was a hit. Side files `make` writes beside it are kept too, stored first, so a
+        present `filename` means a complete entry."""
         found = self.lookup(kind, key, filename)
         if found is not None:
             return found, True
         with tempfile.TemporaryDirectory(prefix="rtq-cache-") as tmp:
             path = Path(tmp) / filename
             make(path)
+            for side in sorted(Path(tmp).iterdir()):
+                if side != path and side.is_file():
+                    self.store(kind, key, side)
             return self.store(kind, key, path), False
 
     def store(self, kind: str, key: str, source: Path, filename: str | None = None) -> Path:

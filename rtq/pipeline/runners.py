@@ -1,6 +1,7 @@
 """Which runner measures the model under test, and the honest label of what it ran.
 
-The engine when a compiler built one; the (fake-quant) torch model for `backend=torch`; else the
+The compiled model when a compiler (TensorRT, OpenVINO) built one (OpenVINO compiles the newest
+graph itself when no build stage ran); the (fake-quant) torch model for `backend=torch`; else the
 newest graph in ONNX Runtime. The label says the backend and precision that ran, so an FP16
 TensorRT experiment on a machine without TensorRT is a row of ONNX Runtime FP32, not of fp16.
 """
@@ -34,6 +35,18 @@ def target_runner(ctx: StageContext, mode: Any) -> tuple[Any, dict[str, Any]]:
     """The runner for the model under test, and what it runs: backend, precision, settings."""
     art = ctx.artifacts
     backend = ctx.section("backend")
+    if backend.get("name") == "openvino" and (art.engine is None or art.engine_compiler == "openvino"):
+        from rtq.backends.openvino.compile import OpenVinoSettings
+        from rtq.backends.openvino.runner import make_openvino_runner
+
+        settings = OpenVinoSettings.from_mapping(backend)
+        model = art.engine if art.engine is not None else art.graph
+        if model is None:
+            raise UserError("backend=openvino needs an ONNX model: add export to `stages`")
+        # float parts run in the inference precision: an FP32 graph under bf16 is a bf16 row
+        precision = art.precision if art.precision != "fp32" else settings.inference_precision.replace("f32", "fp32")
+        label = {"backend": "openvino", "precision": precision, "settings": settings.record()}
+        return make_openvino_runner(model, settings, name="target"), label
     if art.engine is not None:
         from rtq.backends.tensorrt.runner import make_trt_runner
 

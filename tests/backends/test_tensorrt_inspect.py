@@ -8,15 +8,12 @@ from typing import Any
 
 import pytest
 
+from rtq.backends.layers import diff_engines, diff_markdown, write_diff_report, write_layers_report
 from rtq.backends.tensorrt.inspect import (
-    diff_engines,
-    diff_markdown,
     load_layers,
     parse_engine_information,
     parse_metadata,
     precision_of,
-    write_diff_report,
-    write_layers_report,
 )
 
 US, RS = "\x1f", "\x1e"

@@ -1,4 +1,11 @@
-"""Stage `build`: compile the newest graph for the configured compiler (TensorRT today)."""
+"""Stage `build`: compile the newest graph for the configured compiler (TensorRT or OpenVINO).
+
+The chain does not care which compiler: the stage leaves `engine` (the compiled model) and
+`engine_compiler`, and the runners pick it up. Beside the compiled model it writes the layer list
+(`<stem>.layers.json`) and, for OpenVINO, a readable report (`layers.md`: precision per layer,
+top layers by time, the fusion list) and, when a surgery changed the graph, the fusion diff of the
+direct Q/DQ graph against the surgered one (`fusion_diff.md`): which fusions the surgery removed.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +15,20 @@ from rtq.errors import StageSkipped
 from rtq.paths import PROJECT_ROOT
 from rtq.pipeline.stage import StageContext, StageResult, register_stage
 
+COMPILERS = ("tensorrt", "openvino")
+
 
 @register_stage(
     "build", order=60, section="backend", needs=("surgered_onnx|qdq_onnx|onnx",), makes=("engine",)
 )
 def stage_build(ctx: StageContext) -> StageResult:
-    """Build (or reuse from the engine cache) a TensorRT engine of the newest graph."""
+    """Build (or reuse from the compiled-model cache) the newest graph for the backend's compiler."""
     backend = ctx.section("backend")
-    if backend.get("name") != "tensorrt":
-        raise StageSkipped(f"backend={backend.get('name')} compiles nothing; set backend=tensorrt to build")
+    name = backend.get("name")
+    if name == "openvino":
+        return _build_openvino(ctx)
+    if name != "tensorrt":
+        raise StageSkipped(f"backend={name} compiles nothing; set backend to one of {', '.join(COMPILERS)}")
     from rtq.backends.tensorrt.build import EngineBuildConfig, build_engine
     from rtq.backends.tensorrt.compat import import_tensorrt
 
@@ -28,3 +40,34 @@ def stage_build(ctx: StageContext) -> StageResult:
     build_engine(graph, out, config, cache_dir=Path(str(ctx.cfg.cache_dir)) / "engines")
     ctx.artifacts.engine, ctx.artifacts.engine_compiler = out, "tensorrt"
     return StageResult(outputs=[out])
+
+
+def _build_openvino(ctx: StageContext) -> StageResult:
+    from rtq.backends.layers import diff_engines, load_layer_list, write_diff_report
+    from rtq.backends.openvino.compile import OpenVinoSettings, build_compiled, layers_json_path
+    from rtq.backends.openvino.inspect import inspection_markdown, onnx_op_types
+    from rtq.files import write_atomic
+
+    art = ctx.artifacts
+    graph = art.graph
+    assert graph is not None
+    settings = OpenVinoSettings.from_mapping(ctx.section("backend"))
+    cache_dir = Path(str(ctx.cfg.cache_dir)) / "compiled"
+    out = ctx.run_dir / "model.blob"
+    build_compiled(graph, out, settings, cache_dir=cache_dir)
+    layers = load_layer_list(layers_json_path(out))
+    op_types = onnx_op_types(graph)
+    report = ctx.run_dir / "layers.md"
+    touching = [str(n) for n in (ctx.section("backend").get("report_touching") or [])]
+    write_atomic(report, inspection_markdown(layers, op_types, f"OpenVINO: {graph.name}", touching=touching))
+    outputs = [out, layers_json_path(out), report]
+    direct = art.qdq_onnx or art.onnx
+    if art.surgered_onnx is not None and direct is not None:
+        direct_blob = ctx.run_dir / "direct" / "model.blob"
+        build_compiled(direct, direct_blob, settings, cache_dir=cache_dir)
+        diff = diff_engines(load_layer_list(layers_json_path(direct_blob)), layers, "direct", "surgered")
+        outputs += list(write_diff_report(diff, ctx.run_dir / "fusion_diff"))
+        art.reports["fusion_diff"] = ctx.run_dir / "fusion_diff.md"
+    art.engine, art.engine_compiler = out, "openvino"
+    art.reports["layers"] = report
+    return StageResult(outputs=outputs)

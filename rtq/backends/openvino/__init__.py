@@ -1,0 +1,1 @@
+"""OpenVINO (CPU) compiler backend: compile, run, inspect."""
