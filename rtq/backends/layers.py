@@ -59,7 +59,8 @@ def load_layer_list(path: Path) -> list[EngineLayer]:
 
 def _layer_from_dict(row: dict[str, Any]) -> EngineLayer:
     tuples = ("input_precisions", "output_precisions", "onnx_nodes")
-    return EngineLayer(**{key: tuple(value) if key in tuples else value for key, value in row.items()})
+    fields: dict[str, Any] = {key: tuple(value) if key in tuples else value for key, value in row.items()}
+    return EngineLayer(**fields)
 
 
 @dataclass
@@ -133,8 +134,15 @@ def diff_engines(
     layers_b: Sequence[EngineLayer],
     name_a: str = "a",
     name_b: str = "b",
+    ignore_unmapped: bool = False,
 ) -> EngineDiff:
-    """Which fused groups differ between two engines, and which same groups changed precision."""
+    """Which fused groups differ between two engines, and which same groups changed precision.
+
+    `ignore_unmapped` leaves out layers that cover no ONNX node (OpenVINO's own reorders and
+    reshapes, named with counters that change between compiles, so they would all "differ")."""
+    if ignore_unmapped:
+        layers_a = [layer for layer in layers_a if layer.onnx_nodes]
+        layers_b = [layer for layer in layers_b if layer.onnx_nodes]
     groups_a, groups_b = _by_group(layers_a), _by_group(layers_b)
     unmatched_a = [g for g in groups_a if g not in groups_b]
     unmatched_b = [g for g in groups_b if g not in groups_a]

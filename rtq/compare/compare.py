@@ -10,7 +10,7 @@ mode the first tensors (topological order) where the target departs from the ref
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -48,14 +48,21 @@ def _stack(iterations: Sequence[Mapping[str, np.ndarray]], name: str) -> np.ndar
     return np.concatenate([np.asarray(it[name]).reshape(-1) for it in iterations])
 
 
+Decode = Callable[[int, Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
+
+
 def compare_runners(reference: Any, target: Any, feeds: Iterable[Mapping[str, np.ndarray]],
                     out_dir: str | Path,
                     settings: CompareSettings | None = None, model_outputs: Sequence[str] | None = None,
-                    tensor_order: Sequence[str] | None = None) -> dict[str, Any]:
+                    tensor_order: Sequence[str] | None = None, decode: Decode | None = None,
+                    notes: Sequence[str] = ()) -> dict[str, Any]:
     """Run both runners on ``feeds`` and write ``results.json``, ``report.json`` and ``report.md``.
 
     model_outputs: the tensors reported as outputs (default: all tensors both sides return).
     tensor_order: topological order of all compared tensors; given -> layer-wise section.
+    decode: (feed index, raw outputs) -> labels/boxes/scores with a batch axis, for models whose
+    graph ends before detections (YOLOX): the detection match then runs on the decoded outputs.
+    notes: lines the report shows above the tables (what the comparison changed, e.g. marking).
     Returns the report dict.
     """
     from polygraphy.comparator import Comparator, CompareFunc
@@ -108,9 +115,15 @@ def compare_runners(reference: Any, target: Any, feeds: Iterable[Mapping[str, np
         "outputs": per_output,
         "results_json": "results.json",
     }
+    if notes:
+        report["notes"] = list(notes)
     if all(k in common for k in DETECTION_OUTPUTS):
         report["detections"] = detection_match_report(ref_its, tgt_its, settings.score_threshold,
                                                       settings.iou_threshold, settings.top_k)
+    elif decode is not None:
+        report["detections"] = detection_match_report(
+            [decode(i, it) for i, it in enumerate(ref_its)], [decode(i, it) for i, it in enumerate(tgt_its)],
+            settings.score_threshold, settings.iou_threshold, settings.top_k)
     if tensor_order is not None:
         report["layerwise"] = _layerwise(ref_its, tgt_its, [n for n in tensor_order if n in common], settings)
     report["summary"] = _summary(report)
@@ -158,11 +171,17 @@ def topological_tensors(model: onnx.ModelProto) -> list[str]:
     return [o for node in model.graph.node for o in node.output if o]
 
 
+MakeTarget = Callable[[Path, Any], Any]
+
+
 def compare_onnx(reference: str | Path, target: str | Path, feeds: Iterable[Mapping[str, np.ndarray]],
                  out_dir: str | Path, settings: CompareSettings | None = None, layerwise: bool = False,
                  layer_regex: str | None = None,
-                 target_mode: Literal["reference", "fast"] = "reference") -> dict[str, Any]:
-    """Compare two ONNX variants in ONNX Runtime (reference mode on the reference side)."""
+                 target_mode: Literal["reference", "fast"] = "reference",
+                 make_target: MakeTarget | None = None, decode: Decode | None = None,
+                 notes: Sequence[str] = ()) -> dict[str, Any]:
+    """Compare two ONNX variants: ONNX Runtime (reference mode) on the reference side; on the target
+    side ONNX Runtime in `target_mode`, or `make_target(path, extra_outputs)` (a compiler's runner)."""
     out = Path(out_dir)
     ref_model = onnx.load(str(reference), load_external_data=False)
     outputs = [o.name for o in ref_model.graph.output]
@@ -183,6 +202,7 @@ def compare_onnx(reference: str | Path, target: str | Path, feeds: Iterable[Mapp
         else:
             extra = "all"
     ref_runner = make_graph_runner(reference, "reference", out, "reference", extra)
-    tgt_runner = make_graph_runner(target, "target", out, target_mode, extra)
+    tgt_runner = (make_graph_runner(target, "target", out, target_mode, extra) if make_target is None
+                  else make_target(Path(target), extra))
     return compare_runners(ref_runner, tgt_runner, feeds, out, settings, model_outputs=outputs,
-                           tensor_order=order)
+                           tensor_order=order, decode=decode, notes=notes)

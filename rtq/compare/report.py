@@ -34,6 +34,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines = [f"# Comparison: `{report['target']}` vs `{report['reference']}`", "",
              f"{report['iterations']} feeds; Polygraphy results: `{report['results_json']}`; "
              f"atol {report['settings']['atol']}, rtol {report['settings']['rtol']}.", "",
+             *[f"Note: {note}" for note in report.get("notes", [])], *([""] if report.get("notes") else []),
              "## Outputs", "",
              "| output | " + " | ".join(STAT_COLUMNS) + " | Polygraphy passed |",
              "|" + " --- |" * (len(STAT_COLUMNS) + 2)]

@@ -1,4 +1,4 @@
-"""Command line: `python -m rtq.debug localize | sensitivity | sensitivity-diff | fidelity ...`."""
+"""Command line: `python -m rtq.debug localize | sensitivity | sensitivity-diff | fidelity | reduce ...`."""
 
 from __future__ import annotations
 
@@ -123,6 +123,33 @@ def _fidelity(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0 if within else 1
 
 
+def _reduce(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """Cut the model to a minimal subgraph OpenVINO still gets wrong, saved as a repro."""
+    import logging
+
+    from rtq.backends.openvino.compile import OpenVinoSettings
+    from rtq.debug.reduce import random_feeds, reduce_mismatch
+
+    path = Path(args.model_onnx)
+    if not path.is_file():
+        raise UserError(f"ONNX model {path} does not exist; fix the path")
+    if args.image is not None:
+        from rtq.data.coco import load_rgb
+        from rtq.debug.inputs import load_named_detector
+
+        if not Path(args.image).is_file():
+            raise UserError(f"--image {args.image} does not exist; pass an image file")
+        feeds, _ = load_named_detector(args.model).io.preprocess([load_rgb(Path(args.image))])
+    else:
+        feeds = random_feeds(path, args.random_seed)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    settings = OpenVinoSettings(inference_precision=args.inference_precision)
+    reduce_mismatch(path, feeds, args.out, settings, args.threshold, max_compiles=args.max_compiles,
+                    command=_command(argv))
+    print((Path(args.out) / "report.md").read_text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rtq.debug", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -199,6 +226,17 @@ def build_parser() -> argparse.ArgumentParser:
     fid.add_argument("--num-images", type=int, default=2)
     fid.add_argument("--tolerance", type=float, default=1e-4, help="float64 raw-output bound")
     fid.add_argument("--out", required=True)
+
+    red = sub.add_parser("reduce", help="minimal subgraph where OpenVINO disagrees with ONNX Runtime")
+    red.add_argument("model_onnx", metavar="MODEL.onnx", help="ONNX model (FP32 or Q/DQ)")
+    red.add_argument("--out", required=True, help="folder for reduced.onnx, its inputs and the reports")
+    feed = red.add_mutually_exclusive_group()
+    feed.add_argument("--image", default=None, help="an image, preprocessed like --model does")
+    feed.add_argument("--random-seed", type=int, default=0, help="random 0..255 feeds (the default, seed 0)")
+    red.add_argument("--model", default="yolox_nano", help="conf/model/ config that preprocesses --image")
+    red.add_argument("--threshold", type=float, default=0.05, help="normalised error counted as a mismatch")
+    red.add_argument("--inference-precision", default="f32", help="OpenVINO inference precision hint")
+    red.add_argument("--max-compiles", type=int, default=200, help="stop cutting nodes after this many")
     return parser
 
 
@@ -210,6 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _localize(args)
     if args.command == "fidelity":
         return _fidelity(args, argv)
+    if args.command == "reduce":
+        return _reduce(args, argv)
     if args.command == "sensitivity-diff":
         return _sensitivity_diff(args, argv)
     return _sensitivity(args, argv)

@@ -31,6 +31,15 @@ from rtq.files import save_onnx_atomic, write_atomic
 from rtq.onnx_graph import mark_outputs
 
 DEFAULT_THRESHOLD_FRACTION = 0.05
+STATUS_MEANING = {
+    "localized": "marking the minimal set below brings the error under the threshold",
+    "no_error": "the unmarked build is already within the threshold",
+    "not_fixed_by_marking": "even with every candidate marked the error stays above the threshold",
+    "marking_changes_little": "no fusion changes the output by more than the threshold: marking every "
+    "candidate removes under a quarter of the error, so the error is not a fusion's",
+}
+# Marking every candidate must remove at least this share of the error before a fusion is blamed.
+MIN_GAIN_FRACTION = 0.25
 
 
 @dataclass
@@ -47,7 +56,7 @@ class BuildRecord:
 class LocalizationResult:
     """What the search found and what it cost."""
 
-    status: str  # "localized" | "no_error" | "not_fixed_by_marking"
+    status: str  # "localized" | "no_error" | "not_fixed_by_marking" | "marking_changes_little"
     minimal_set: list[str]
     equivalents: dict[str, list[str]]
     error_before: float
@@ -102,16 +111,19 @@ def localize(
     verify_equivalents: bool = True,
     out_dir: str | Path | None = None,
     name: str | None = None,
+    candidates: list[Candidate] | None = None,
 ) -> LocalizationResult:
     """Search the candidates of `model` for a minimal set of extra outputs that brings the error down.
 
-    `include` (regex) restricts candidates; `threshold` is the error counted as fixed (default: 5 %
-    of the way from the all-marked error to the unmarked one). With `out_dir`, writes
-    `report.json`, `report.md` and the patched ONNX there.
+    `candidates` default to the graph's structural candidates (an oracle may supply its own, e.g.
+    the tensors inside a compiler's fused layers); `include` (regex) restricts them; `threshold` is
+    the error counted as fixed (default: 5 % of the way from the all-marked error to the unmarked
+    one). With `out_dir`, writes `report.json`, `report.md` and the patched ONNX there.
     """
     started = time.perf_counter()
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
-    candidates = find_candidates(proto, include)
+    if candidates is None:
+        candidates = find_candidates(proto, include)
     if not candidates:
         raise UserError(f"no candidate tensors{f' match --include {include!r}' if include else ''}; widen it")
     order = [c.tensor for c in candidates]
@@ -131,6 +143,8 @@ def localize(
     status = "localized"
     if error_before <= search.threshold:
         status = "no_error"
+    elif threshold is None and error_before - error_all < MIN_GAIN_FRACTION * error_before:
+        status = "marking_changes_little"  # no marking moves the error enough to blame a fusion
     elif error_all > search.threshold:
         status = "not_fixed_by_marking"
     else:
@@ -229,7 +243,7 @@ def render_markdown(result: LocalizationResult, source_name: str) -> str:
     lines = [
         f"# Fusion-bug localisation: {source_name}",
         "",
-        f"- status: **{result.status}**",
+        f"- status: **{result.status}**: {STATUS_MEANING.get(result.status, '')}",
         f"- candidates: {result.num_candidates} (log2 = {math.log2(max(result.num_candidates, 1)):.1f})",
         f"- oracle builds: **{result.builds}**",
         f"- error before (nothing marked): {result.error_before:.4g}",

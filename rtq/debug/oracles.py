@@ -221,8 +221,8 @@ class TensorRTOracle:
 
     def fusion_diff(self, before: frozenset[str], after: frozenset[str]) -> list[str]:
         """ONNX node groups that TensorRT fused differently once `after` is marked (engine inspector)."""
-        from rtq.backends.tensorrt.build import layers_json_path
         from rtq.backends.layers import diff_engines
+        from rtq.backends.tensorrt.build import layers_json_path
         from rtq.backends.tensorrt.inspect import load_layers
 
         if before not in self.engines or after not in self.engines:

@@ -44,7 +44,9 @@ def target_runner(ctx: StageContext, mode: Any) -> tuple[Any, dict[str, Any]]:
         if model is None:
             raise UserError("backend=openvino needs an ONNX model: add export to `stages`")
         # float parts run in the inference precision: an FP32 graph under bf16 is a bf16 row
-        precision = art.precision if art.precision != "fp32" else settings.inference_precision.replace("f32", "fp32")
+        precision = art.precision
+        if precision == "fp32" and settings.inference_precision != "f32":
+            precision = settings.inference_precision
         label = {"backend": "openvino", "precision": precision, "settings": settings.record()}
         return make_openvino_runner(model, settings, name="target"), label
     if art.engine is not None:

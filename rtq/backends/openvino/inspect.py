@@ -11,7 +11,7 @@ the longest ONNX node name it extends. A fusion is a layer covering more than on
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,9 @@ def onnx_op_types(onnx_model: Any) -> dict[str, str]:
     """ONNX node name -> op type, from a path or a loaded `onnx.ModelProto`."""
     import onnx
 
-    proto = onnx.load(str(onnx_model), load_external_data=False) if isinstance(onnx_model, str | Path) else onnx_model
+    proto = onnx_model
+    if isinstance(onnx_model, str | Path):
+        proto = onnx.load(str(onnx_model), load_external_data=False)
     return {node.name: node.op_type for node in proto.graph.node if node.name}
 
 
@@ -130,18 +132,19 @@ def inspection_markdown(
     counts = Counter((layer.type, layer.precision) for layer in layers)
     timed = [layer for layer in layers if layer.time_us is not None]
     total = sum(layer.time_us or 0.0 for layer in timed)
-    time_by = Counter()
+    time_by: dict[tuple[str, str], float] = defaultdict(float)
     for layer in timed:
         time_by[(layer.type, layer.precision)] += layer.time_us or 0.0
     lines += ["## Layers by type and precision", "", "| type | precision | layers | time (us) | share |"]
     lines.append("| --- | --- | ---: | ---: | ---: |")
-    for (kind, precision), count in sorted(counts.items(), key=lambda kv: -time_by[kv[0]] or -kv[1]):
+    for (kind, precision), count in sorted(counts.items(), key=lambda kv: (-time_by[kv[0]], -kv[1])):
         spent = time_by[(kind, precision)]
         share = f"{100 * spent / total:.1f} %" if total else ""
         lines.append(f"| {kind} | {precision} | {count} | {spent:.0f} | {share} |")
     if timed:
         lines += ["", f"## Top {top} layers by time (total {total / 1000:.2f} ms per inference)", ""]
-        lines += ["| layer | type | precision | time (us) | ONNX compute nodes |", "| --- | --- | --- | ---: | --- |"]
+        lines += ["| layer | type | precision | time (us) | ONNX compute nodes |"]
+        lines += ["| --- | --- | --- | ---: | --- |"]
         for layer in sorted(timed, key=lambda x: -(x.time_us or 0.0))[:top]:
             lines.append(
                 f"| {_cell(layer.name, 70)} | {layer.type} | {layer.precision} | {layer.time_us:.0f} | "
@@ -151,14 +154,12 @@ def inspection_markdown(
     lines += ["", f"## Fusions ({len(fused)} layers cover more than one compute node)", ""]
     lines += ["| layer | type | precision | ONNX compute nodes |", "| --- | --- | --- | --- |"]
     for layer in fused:
-        lines.append(
-            f"| {_cell(layer.name, 70)} | {layer.type} | {layer.precision} | {_nodes_cell(layer, op_types, 6)} |"
-        )
+        nodes = _nodes_cell(layer, op_types, 6)
+        lines.append(f"| {_cell(layer.name, 70)} | {layer.type} | {layer.precision} | {nodes} |")
     for name in touching:
         hits = layers_touching(layers, name)
         lines += ["", f"## Layers touching `{name}` ({len(hits)})", ""]
         for layer in hits:
-            lines.append(
-                f"- `{_cell(layer.name, 90)}` {layer.type} {layer.precision}: {_nodes_cell(layer, op_types, 8)}"
-            )
+            nodes = _nodes_cell(layer, op_types, 8)
+            lines.append(f"- `{_cell(layer.name, 90)}` {layer.type} {layer.precision}: {nodes}")
     return "\n".join(lines) + "\n"

@@ -1,12 +1,19 @@
 """Stage `compare`: Polygraphy comparison of the model under test against ONNX Runtime.
 
-The reference is the graph before surgery in ORT reference mode; the target is the engine, the
-surgered graph, or the torch model, whichever the run measures (see `rtq.pipeline.runners`).
+The reference is the graph before surgery in ORT reference mode; the target is the compiled model,
+the surgered graph, or the torch model, whichever the run measures (see `rtq.pipeline.runners`).
+Layer-wise, the target is the graph in ONNX Runtime or, with `backend=openvino`, in OpenVINO with
+every tensor marked (which changes its fusions: the report says so). Graphs that end before
+detections (YOLOX) are decoded by the detector's own post-processing for the detection match.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
 
 from rtq.errors import UserError
 from rtq.pipeline.inputs import eval_images
@@ -27,9 +34,15 @@ def stage_compare(ctx: StageContext) -> StageResult:
     art = ctx.artifacts
     reference_graph = art.reference_graph
     assert reference_graph is not None
-    feeds = [
-        ctx.detector.io.preprocess([image])[0] for image in eval_images(ctx, int(settings_cfg["num_images"]))
-    ]
+    images = eval_images(ctx, int(settings_cfg["num_images"]))
+    prepared = [ctx.detector.io.preprocess([image]) for image in images]
+    feeds = [feed for feed, _ in prepared]
+
+    def decode(index: int, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Raw outputs of feed `index` -> detections with a batch axis (graphs without a detection head)."""
+        dets = ctx.detector.io.postprocess(dict(outputs), prepared[index][1])[0]
+        return {"labels": dets.labels[None], "boxes": dets.boxes[None], "scores": dets.scores[None]}
+
     out_dir = ctx.run_dir / "compare"
     settings = CompareSettings(
         score_threshold=float(settings_cfg["detection_score_threshold"]),
@@ -37,21 +50,32 @@ def stage_compare(ctx: StageContext) -> StageResult:
         layer_threshold=float(settings_cfg["layerwise_threshold"]),
     )
     layerwise = bool(settings_cfg.get("layerwise"))
-    if layerwise and art.engine is not None:
+    compiler = art.engine_compiler if art.engine is not None else ""
+    if layerwise and compiler == "tensorrt":
         raise UserError(
-            "compare.layerwise=true compares ONNX graphs in ONNX Runtime, but this run built an engine; "
+            "compare.layerwise=true marks tensors of ONNX graphs, but this run built a TensorRT engine; "
             "set compare.layerwise=false (engine outputs are compared output-wise)"
         )
     with G_LOGGER.verbosity(G_LOGGER.WARNING):  # the numbers go to report.md, not the console
         if layerwise:
             target_graph = art.graph
             assert target_graph is not None
-            report = compare_onnx(reference_graph, target_graph, feeds, out_dir, settings, layerwise=True)
-            ran = {"backend": "onnxruntime"}
+            make_target, notes, ran = None, [], {"backend": "onnxruntime"}
+            if ctx.section("backend").get("name") == "openvino":
+                make_target, ran = _openvino_target(ctx), {"backend": "openvino"}
+                notes = [
+                    "every compared tensor is marked as an output of the OpenVINO model, and a marked "
+                    "tensor must exist in memory: marking breaks the fusions across it, so this measures "
+                    "a differently compiled model than the unmarked one (see the non-invasive compare)"
+                ]
+            report = compare_onnx(
+                reference_graph, target_graph, feeds, out_dir, settings, layerwise=True,
+                make_target=make_target, decode=decode, notes=notes,
+            )
         else:
             reference = graph_runner(ctx, reference_graph, "reference", "reference")
             target, ran = target_runner(ctx, "reference")
-            report = compare_runners(reference, target, feeds, out_dir, settings)
+            report = compare_runners(reference, target, feeds, out_dir, settings, decode=decode)
     log.info("comparison report: %s", out_dir / "report.md")
     art.reports["compare"] = out_dir / "report.md"
     record = {
@@ -62,3 +86,12 @@ def stage_compare(ctx: StageContext) -> StageResult:
         }
     }
     return StageResult(outputs=[out_dir / "report.md", out_dir / "report.json"], record=record)
+
+
+def _openvino_target(ctx: StageContext) -> Any:
+    """`make_target` for `compare_onnx`: the graph compiled by OpenVINO with the tensors marked."""
+    from rtq.backends.openvino.compile import OpenVinoSettings
+    from rtq.backends.openvino.runner import make_openvino_runner
+
+    settings = OpenVinoSettings.from_mapping(ctx.section("backend"))
+    return lambda path, extra: make_openvino_runner(path, settings, extra, name="target")

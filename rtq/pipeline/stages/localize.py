@@ -1,7 +1,7 @@
 """Stage `localize`: fusion-bug search on the run's Q/DQ ONNX (see `rtq.debug.localize`).
 
 Reads the `localize:` config section (its defaults live in `conf/config.yaml` alone), builds the
-oracle it names (the CPU fault simulator or real TensorRT engines), and writes
+oracle it names (the CPU fault simulator, real TensorRT engines, or real OpenVINO compiles), and writes
 `localize/report.{json,md}` plus the patched ONNX, so the answer can be opened without rtq.
 """
 
@@ -19,12 +19,13 @@ from rtq.pipeline.inputs import eval_images
 from rtq.pipeline.stage import StageContext, StageResult, register_stage
 
 log = logging.getLogger("rtq")
-ORACLES = ("fault", "tensorrt")
+ORACLES = ("fault", "tensorrt", "openvino")
+REAL_ORACLES = ("tensorrt", "openvino")
 
 
 def _makes(cfg: DictConfig, available: frozenset[str]) -> frozenset[str]:
     oracle = str((cfg.get("localize") or {}).get("oracle", "fault"))
-    return frozenset({"surgered_onnx"}) if oracle == "tensorrt" else frozenset()
+    return frozenset({"surgered_onnx"}) if oracle in REAL_ORACLES else frozenset()
 
 
 def check_settings(settings: dict[str, Any]) -> dict[str, Any]:
@@ -56,8 +57,18 @@ def stage_localize(ctx: StageContext) -> StageResult:
     model = onnx.load(str(qdq))
     feeds = ctx.detector.io.preprocess(eval_images(ctx, int(settings["num_images"])))[0]
     oracle: Oracle
+    candidates = None
     if settings["oracle"] == "tensorrt":
         oracle = TensorRTOracle(qdq, feeds, work_dir=out_dir / "engines", build_config=_build_config(ctx))
+    elif settings["oracle"] == "openvino":
+        from rtq.backends.openvino.compile import OpenVinoSettings
+        from rtq.debug.openvino_oracle import OpenVinoOracle
+
+        backend = ctx.section("backend")
+        ov_settings = OpenVinoSettings.from_mapping(backend) if backend.get("name") == "openvino" else None
+        ov_oracle = OpenVinoOracle(qdq, feeds, ov_settings)
+        candidates = ov_oracle.candidates(settings.get("include"))
+        oracle = ov_oracle
     else:
         layers = (
             [int(x) for x in settings["fault_layers"]] if settings.get("fault_layers") is not None else None
@@ -80,6 +91,7 @@ def stage_localize(ctx: StageContext) -> StageResult:
         verify_equivalents=bool(settings.get("verify_equivalents", True)),
         out_dir=out_dir,
         name=ctx.detector.name,
+        candidates=candidates,
     )
     record = {
         "oracle": settings["oracle"],
@@ -103,7 +115,7 @@ def stage_localize(ctx: StageContext) -> StageResult:
     outputs = [out_dir / "report.md", out_dir / "report.json"]
     if result.patched_onnx:
         outputs.append(Path(result.patched_onnx))
-        if settings["oracle"] == "tensorrt":
+        if settings["oracle"] in REAL_ORACLES:
             # a real fix: later stages (build, compare, evaluate) use the graph that avoids the bad fusion
             ctx.artifacts.surgered_onnx = Path(result.patched_onnx)
     ctx.artifacts.reports["localize"] = out_dir / "report.md"
