@@ -1,4 +1,4 @@
-"""`python -m rtq.bench`: CPU benchmark, PyTorch FP32 vs ONNX Runtime FP32 vs ONNX Runtime INT8.
+"""`python -m rtq.bench`: CPU benchmark, PyTorch FP32 vs ONNX Runtime and OpenVINO FP32 / INT8.
 
 Defaults live in `conf/bench.yaml`; a flag given here overrides its key. The work is
 `rtq.evaluate.bench_run.run_bench`.

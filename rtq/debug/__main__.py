@@ -1,4 +1,5 @@
-"""Command line: `python -m rtq.debug localize | sensitivity | sensitivity-diff | fidelity | reduce ...`."""
+"""Command line: `python -m rtq.debug localize | sensitivity | sensitivity-diff | fidelity | reduce |
+mixed-precision ...`."""
 
 from __future__ import annotations
 
@@ -42,7 +43,14 @@ def _localize(args: argparse.Namespace) -> int:
             )
         print(f"simulated faulty fusions: {', '.join(c.name for c in clusters)}")
         oracle = FaultInjectionOracle(model, feeds, clusters, args.fault, args.wrong_scale_factor)
-    else:
+    candidates = None
+    if args.oracle == "openvino":
+        from rtq.debug.openvino_oracle import OpenVinoOracle
+
+        ov_oracle = OpenVinoOracle(path, feeds)
+        candidates = ov_oracle.candidates(args.include)
+        oracle = ov_oracle
+    elif args.oracle == "tensorrt":
         try:
             oracle = TensorRTOracle(path, feeds, work_dir=Path(args.out) / "engines")
         except StageSkipped as err:
@@ -51,6 +59,7 @@ def _localize(args: argparse.Namespace) -> int:
     result = localize(
         model,
         oracle,
+        candidates=candidates,
         include=args.include,
         threshold=args.threshold,
         verify_equivalents=not args.no_equivalents,
@@ -150,6 +159,60 @@ def _reduce(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
+def _mixed_precision(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """Fewest float nodes within an AP budget, measured by OpenVINO compiles; Pareto set; proxy check."""
+    import json
+
+    from rtq.backends.openvino.compile import OpenVinoSettings
+    from rtq.data.coco import CocoDataset
+    from rtq.debug.inputs import load_named_detector, sample_images
+    from rtq.debug.mixed_precision import openvino_ap_scorer, proxy_ranking, render_markdown, search
+    from rtq.files import write_atomic
+    from rtq.quant.qdq_edit import quantized_nodes
+
+    for flag, value in (("--qdq", args.qdq), ("--fp32", args.fp32)):
+        if not Path(value).is_file():
+            raise UserError(f"{flag} {value} does not exist; give the model's ONNX file")
+    coco = args.coco_root or data_dir("coco_val2017_mini")
+    if coco is None:
+        raise UserError("no COCO images (data/coco_val2017_mini here or in ../shared): pass --coco-root")
+    detector = load_named_detector(args.model)
+    qdq = onnx.load(str(args.qdq))
+    nodes = quantized_nodes(qdq)
+    if not nodes:
+        raise UserError(f"--qdq {args.qdq} has no quantized Conv/MatMul/Gemm; give a Q/DQ model")
+    feeds = [detector.io.preprocess([image])[0] for image in sample_images(args.images, args.proxy_images)]
+    from rtq.debug.oracles import run_model
+
+    fp32_outputs = [run_model(onnx.load(str(args.fp32)), feed) for feed in feeds]
+    out = Path(args.out)
+    from rtq.cache import file_digest
+
+    proxy_file, digest = out / "proxy.json", file_digest(args.qdq)
+    cached = json.loads(proxy_file.read_text()) if proxy_file.is_file() else {}
+    if cached.get("qdq_digest") == digest and cached.get("images") == len(feeds):
+        ranking = [(str(n), float(g)) for n, g in cached["ranking"]]  # same graph, same images: reuse
+    else:
+        print(f"proxy: ONNX Runtime, {len(nodes)} quantized nodes one at a time float on {len(feeds)} images")
+        ranking = proxy_ranking(qdq, nodes, feeds, fp32_outputs)
+        write_atomic(proxy_file, json.dumps({"qdq_digest": digest, "images": len(feeds), "ranking": ranking}))
+    dataset = CocoDataset(str(coco), max_images=args.eval_images)
+    settings = OpenVinoSettings(inference_precision=args.inference_precision)
+    score = openvino_ap_scorer(detector.io, dataset, settings)
+    result = search(Path(args.qdq), Path(args.fp32), score, ranking, args.budget, args.max_compiles)
+    text = render_markdown(result, f"Mixed precision on OpenVINO: {args.model}", _command(argv))
+    write_atomic(out / "report.md", text)
+    write_atomic(out / "report.json", json.dumps(result.to_json(), indent=2))
+    if args.recipe:
+        from rtq.debug.auto_recipe import onnx_recipe_dict, write_recipe
+
+        recipe = onnx_recipe_dict(args.recipe, result.chosen, f"float set chosen on OpenVINO within "
+                                  f"{args.budget:g} AP of FP32 ({result.compiles} compiles)")
+        write_recipe(recipe, out / f"{args.recipe}.yaml", header=f"Written by: {_command(argv)}")
+    print(text)
+    return 0 if result.within_budget else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rtq.debug", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -162,9 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     loc.add_argument(
         "--oracle",
-        choices=["fault", "tensorrt"],
+        choices=["fault", "tensorrt", "openvino"],
         default=defaults["oracle"],
-        help="fault: CPU fault-injection simulator; tensorrt: real engine builds",
+        help="fault: CPU fault-injection simulator; tensorrt: real engine builds; openvino: real compiles",
     )
     layers = defaults["fault_layers"]
     loc.add_argument(
@@ -237,6 +300,20 @@ def build_parser() -> argparse.ArgumentParser:
     red.add_argument("--threshold", type=float, default=0.05, help="normalised error counted as a mismatch")
     red.add_argument("--inference-precision", default="f32", help="OpenVINO inference precision hint")
     red.add_argument("--max-compiles", type=int, default=200, help="stop cutting nodes after this many")
+
+    mix = sub.add_parser("mixed-precision", help="float set within an AP budget, measured by OpenVINO")
+    mix.add_argument("--qdq", required=True, help="Q/DQ ONNX (every variant keeps some of its nodes float)")
+    mix.add_argument("--fp32", required=True, help="the FP32 ONNX it was quantized from")
+    mix.add_argument("--model", default="yolox_nano", help="conf/model/ config (pre/post-processing)")
+    mix.add_argument("--budget", type=float, default=1.0, help="AP points below FP32 allowed")
+    mix.add_argument("--max-compiles", type=int, default=20)
+    mix.add_argument("--coco-root", default=None, help="COCO folder scored on (default coco_val2017_mini)")
+    mix.add_argument("--eval-images", type=int, default=None)
+    mix.add_argument("--images", default=None, help="proxy image folder (default coco_calib)")
+    mix.add_argument("--proxy-images", type=int, default=4)
+    mix.add_argument("--inference-precision", default="f32", help="OpenVINO inference precision hint")
+    mix.add_argument("--recipe", default=None, help="name of an ONNX recipe to write from the chosen set")
+    mix.add_argument("--out", required=True)
     return parser
 
 
@@ -250,6 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fidelity(args, argv)
     if args.command == "reduce":
         return _reduce(args, argv)
+    if args.command == "mixed-precision":
+        return _mixed_precision(args, argv)
     if args.command == "sensitivity-diff":
         return _sensitivity_diff(args, argv)
     return _sensitivity(args, argv)

@@ -4,7 +4,8 @@ The FP32 export and modelopt's TensorRT-oriented INT8 Q/DQ export come from the 
 pipeline itself (`rtq.pipeline.driver.run_chain` with stages `[export]` and `[quantize, export]`),
 so the benchmark times exactly what `python -m rtq.run` deploys and shares its cache. The
 ORT-oriented INT8 files are ORT's own `quantize_static` of that FP32 export, one per configured
-`OrtVariant`. `build_artifacts` is the whole interface.
+`OrtVariant`; the OpenVINO rows compile the FP32 or the modelopt file, or NNCF's PTQ of the FP32
+file (`rtq.evaluate.bench_openvino.nncf_ir`). `build_artifacts` is the whole interface.
 """
 
 from __future__ import annotations
@@ -24,11 +25,14 @@ from rtq.quant.ort_static import OrtVariant, ort_quantize_static
 
 @dataclass
 class BenchArtifacts:
-    """ONNX path per backend name, the detector they came from, and where each file came from."""
+    """ONNX path per ORT backend name, the detector they came from, and where each file came from;
+    per OpenVINO row the file it compiles and the ONNX that file came from (its port and node names)."""
 
     detector: Detector
     paths: dict[str, Path] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
+    openvino: dict[str, Path] = field(default_factory=dict)
+    openvino_onnx: dict[str, Path] = field(default_factory=dict)
 
 
 def pipeline_overrides(settings: BenchSettings) -> list[str]:
@@ -85,6 +89,15 @@ def build_artifacts(settings: BenchSettings) -> BenchArtifacts:
         artifacts.paths[name] = ort_int8_onnx(
             settings, cache, fp32_chain.detector, fp32, variant, artifacts.sources
         )
+    onnx_of = {"fp32": fp32, "modelopt": int8, "nncf": fp32}
+    for name, row in settings.openvino.items():
+        artifacts.openvino_onnx[name] = onnx_of[row.source]
+        if row.source == "nncf":
+            from rtq.evaluate.bench_openvino import nncf_ir
+
+            artifacts.openvino[name] = nncf_ir(settings, cache, fp32_chain.detector, fp32, artifacts.sources)
+        else:
+            artifacts.openvino[name] = onnx_of[row.source]
     return artifacts
 
 

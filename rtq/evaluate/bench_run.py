@@ -1,10 +1,12 @@
-"""CPU benchmark run: PyTorch FP32 vs ONNX Runtime FP32 vs ONNX Runtime INT8 (Q/DQ), and why.
+"""CPU benchmark run: PyTorch FP32, ONNX Runtime FP32/INT8 and OpenVINO FP32/INT8, and why.
 
 Builds (or takes from the artifact cache) the FP32 ONNX, the modelopt INT8 Q/DQ ONNX (the
-TensorRT-oriented export, unchanged) and the ORT-oriented INT8 variants of the same model, then
-times every backend in one process on the same real preprocessed images, interleaved
-(`rtq.evaluate.timing`). ORT's optimized graph of each ONNX is counted by op kind
-(`rtq.evaluate.ort_profile`) to say whether the INT8 kernels were used at all. The figures go to
+TensorRT-oriented export, unchanged), the ORT-oriented INT8 variants of the same model and NNCF's
+PTQ for OpenVINO, then times every backend in one process on the same real preprocessed images,
+interleaved (`rtq.evaluate.timing`); OpenVINO rows are also scored against ORT running their
+ONNX source, and their per-layer times profiled (`rtq.evaluate.bench_openvino`). ORT's optimized
+graph of each ONNX is counted by op kind (`rtq.evaluate.ort_profile`) to say whether the INT8
+kernels were used at all. The figures go to
 JSON, the report to Markdown with the hand-written analysis filled from those figures.
 """
 
@@ -39,17 +41,29 @@ def _timing_images(settings: BenchSettings, count: int) -> list[np.ndarray]:
     return [dataset.load_image(i) for i in range(len(dataset))]
 
 
-def _fidelity(runners: dict[str, BaseRunner], feed: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    """Each backend's outputs on one feed against the reference's."""
+def _fidelity(
+    runners: dict[str, BaseRunner], feed: dict[str, np.ndarray], settings: BenchSettings
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, Any]]]:
+    """Each backend's outputs on one feed against the reference's; each OpenVINO row's against ORT
+    running the ONNX it came from (what the row should compute)."""
     outputs = {}
     for name, runner in runners.items():
         with runner:
             outputs[name] = runner.infer(dict(feed))
-    return {
+    fidelity = {
         name: score_fidelity_report(outputs[REFERENCE], output)
         for name, output in outputs.items()
         if name != REFERENCE
     }
+    vs_source = {
+        name: {
+            "source": row.source_backend,
+            **score_fidelity_report(outputs[row.source_backend], outputs[name]),
+        }
+        for name, row in settings.openvino.items()
+        if name in outputs and row.source_backend in outputs
+    }
+    return fidelity, vs_source
 
 
 def run_bench(settings: BenchSettings, command: str) -> str:
@@ -57,6 +71,7 @@ def run_bench(settings: BenchSettings, command: str) -> str:
     from rtq.backends.onnxruntime import make_onnxrt_runner
     from rtq.backends.torch import make_torch_runner
     from rtq.evaluate.bench_artifacts import build_artifacts
+    from rtq.evaluate.bench_openvino import layer_profiles, openvino_records, openvino_runner
 
     if settings.checkpoint is not None and not settings.checkpoint.is_file():
         raise UserError(f"--checkpoint {settings.checkpoint} does not exist; give the path of a .pth file")
@@ -81,6 +96,9 @@ def run_bench(settings: BenchSettings, command: str) -> str:
             intra_op_threads=settings.threads,
             name=name,
         )
+    for name, row in settings.openvino.items():
+        descriptions[name] = row.description
+        runners[name] = openvino_runner(name, row, artifacts.openvino[name], artifacts.openvino_onnx[name])
     descriptions = {k: v for k, v in descriptions.items() if k in runners}
 
     images = _timing_images(settings, max(settings.batches))
@@ -89,7 +107,19 @@ def run_bench(settings: BenchSettings, command: str) -> str:
         "timing %s at batches %s, %d repetitions", list(runners), list(settings.batches), settings.iterations
     )
     timings = interleaved_timing(runners, feeds, warmup=settings.warmup, iterations=settings.iterations)
-    fidelity = _fidelity(runners, feeds[max(settings.batches)])
+    fidelity, vs_source = _fidelity(runners, feeds[max(settings.batches)], settings)
+    log.info("profiling OpenVINO layers of %s", list(settings.profile_rows))
+    layers_md, layer_figures = layer_profiles(
+        settings, artifacts.openvino, artifacts.openvino_onnx, feeds[min(settings.batches)], descriptions
+    )
+    openvino = {
+        name: {
+            **record,
+            **({"fidelity_vs_source": vs_source[name]} if name in vs_source else {}),
+            **({"layer_profile": layer_figures[name]} if name in layer_figures else {}),
+        }
+        for name, record in openvino_records(settings, artifacts.openvino).items()
+    }
     with tempfile.TemporaryDirectory(prefix="rtq-ort-graph-") as tmp:
         profiles = {
             name: profile_onnxrt(path, tmp, intra_op_threads=settings.threads)
@@ -97,9 +127,18 @@ def run_bench(settings: BenchSettings, command: str) -> str:
         }
     environment = fingerprint(load_before)
     figures: dict[str, Any] = bench_figures(
-        settings.figures(), environment, timings, descriptions, profiles, fidelity,
-        reference=REFERENCE, goal=settings.goal_speedup,
+        settings.figures(),
+        environment,
+        timings,
+        descriptions,
+        profiles,
+        fidelity,
+        reference=REFERENCE,
+        goal=settings.goal_speedup,
+        openvino=openvino,
     )
+    if settings.profile_rows:
+        write_atomic(settings.layers_path, layers_md)
     write_atomic(settings.figures_path, json.dumps(figures, indent=2) + "\n")
     try:
         analysis = analysis_section(settings.analysis_path, figures)
@@ -107,8 +146,17 @@ def run_bench(settings: BenchSettings, command: str) -> str:
         kept = f"this run's figures are in {settings.figures_path}; the report was not rewritten"
         raise UserError(f"{err} ({kept})") from None
     report = render_report(
-        settings, command, environment, timings, descriptions, profiles, fidelity, artifacts.sources,
+        settings,
+        command,
+        environment,
+        timings,
+        descriptions,
+        profiles,
+        fidelity,
+        artifacts.sources,
         analysis=analysis,
+        openvino=openvino,
+        layers_file=settings.layers_path.name if settings.profile_rows else "",
     )
     write_atomic(settings.out, report)
     return report

@@ -6,6 +6,7 @@ workflow script and a reader of the config all see the same values.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,9 +16,11 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rtq.backends.openvino.compile import OpenVinoSettings
 from rtq.config import register_resolvers
 from rtq.errors import UserError
 from rtq.paths import CONF_DIR
+from rtq.quant.nncf_ptq import NncfSettings
 from rtq.quant.ort_static import OrtVariant, ort_variants
 
 BENCH_CONFIG = CONF_DIR / "bench.yaml"
@@ -28,6 +31,24 @@ MODELOPT_INT8 = "ort_int8_modelopt"
 FIXED_BACKENDS = (TORCH_FP32, REFERENCE, MODELOPT_INT8)
 # Top-level keys of the figures file next to the backend names; a variant may not take one.
 FIGURE_GROUPS = ("settings", "environment", "goal_speedup", "reference")
+# What an OpenVINO row compiles: the FP32 ONNX, modelopt's Q/DQ ONNX, or NNCF's PTQ of the FP32 ONNX;
+# and the ORT backend running the ONNX it came from (its fidelity is measured against that one).
+OPENVINO_SOURCES = {"fp32": REFERENCE, "modelopt": MODELOPT_INT8, "nncf": REFERENCE}
+COMPILE_KEYS = ("inference_precision", "performance_hint", "num_threads", "num_streams")
+
+
+@dataclass(frozen=True)
+class OpenVinoRow:
+    """One OpenVINO row: which model it compiles and how (`settings.num_threads` None: bench threads)."""
+
+    source: str
+    settings: OpenVinoSettings
+    description: str = ""
+
+    @property
+    def source_backend(self) -> str:
+        """The ORT backend that runs this row's ONNX source: the fidelity reference of the row."""
+        return OPENVINO_SOURCES[self.source]
 
 
 @dataclass(frozen=True)
@@ -49,6 +70,15 @@ class BenchSettings:
     out: Path
     goal_speedup: float
     ort_variants: dict[str, OrtVariant] = field(default_factory=dict)
+    openvino: dict[str, OpenVinoRow] = field(default_factory=dict)
+    nncf: NncfSettings = field(default_factory=NncfSettings)
+    profile_rows: tuple[str, ...] = ()  # OpenVINO rows whose per-layer times go beside the report
+    profile_top: int = 20
+
+    @property
+    def layers_path(self) -> Path:
+        """The OpenVINO per-layer time profile written beside the report."""
+        return self.out.with_suffix(".openvino_layers.md")
 
     @property
     def figures_path(self) -> Path:
@@ -71,6 +101,7 @@ class BenchSettings:
             "calib_images": self.calib_images,
             "timing_images": max(self.batches),
             "threads": self.threads,
+            "nncf": dataclasses.asdict(self.nncf),
         }
 
 
@@ -93,9 +124,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None, config: Path = BEN
         unknown = sorted(set(given) - set(cfg.keys()))  # type: ignore[arg-type]
         if unknown:
             raise UserError(f"unknown bench settings {unknown}: the keys of {config} are the valid ones")
-        raw: dict[str, Any] = OmegaConf.to_container(
-            OmegaConf.merge(cfg, given), resolve=True
-        )  # type: ignore[assignment]
+        raw: dict[str, Any] = OmegaConf.to_container(OmegaConf.merge(cfg, given), resolve=True)  # type: ignore[assignment]
     except OmegaConfBaseException as err:
         raise UserError(f"{config}: {str(err).splitlines()[0]}; fix the YAML or the override") from None
     return _checked(raw)
@@ -120,6 +149,15 @@ def _checked(raw: Mapping[str, Any]) -> BenchSettings:
     taken = sorted(set(variants) & {*FIXED_BACKENDS, *FIGURE_GROUPS})
     if taken:
         raise UserError(f"ort_variants {taken}: these names are taken by the benchmark; rename the variants")
+    openvino = raw.get("openvino") or {}
+    rows = openvino_rows(openvino, int(threads))
+    taken = sorted(set(rows) & {*FIXED_BACKENDS, *FIGURE_GROUPS, *variants})
+    if taken:
+        raise UserError(f"openvino.rows {taken}: these names are taken by other backends; rename the rows")
+    profile_rows = tuple(str(name) for name in openvino.get("profile_rows") or ())
+    unknown = sorted(set(profile_rows) - set(rows))
+    if unknown:
+        raise UserError(f"openvino.profile_rows {unknown} are not OpenVINO rows; use names of openvino.rows")
     from rtq.models.registry import get_variant
 
     get_variant(str(raw["model"]))
@@ -139,4 +177,32 @@ def _checked(raw: Mapping[str, Any]) -> BenchSettings:
         out=Path(str(raw["out"])),
         goal_speedup=float(raw["goal_speedup"]),
         ort_variants=variants,
+        openvino=rows,
+        nncf=NncfSettings.from_mapping(openvino.get("nncf")),
+        profile_rows=profile_rows,
+        profile_top=int(openvino.get("profile_top") or 20),
     )
+
+
+def openvino_rows(section: Mapping[str, Any], threads: int) -> dict[str, OpenVinoRow]:
+    """`openvino.rows` of the config: each row's source, and `openvino.compile` with its overrides."""
+    base = dict(section.get("compile") or {})
+    rows = {}
+    for name, entry in (section.get("rows") or {}).items():
+        entry = dict(entry or {})
+        unknown = sorted(set(entry) - {"source", "description", *COMPILE_KEYS})
+        if unknown or entry.get("source") not in OPENVINO_SOURCES:
+            raise UserError(
+                f"openvino row '{name}': needs source one of {sorted(OPENVINO_SOURCES)} (got "
+                f"{entry.get('source')!r}) and only the keys description, {', '.join(COMPILE_KEYS)}"
+                + (f"; unknown {unknown}" if unknown else "")
+            )
+        compile_settings = {**base, **{k: entry[k] for k in COMPILE_KEYS if k in entry}}
+        if compile_settings.get("num_threads") is None:
+            compile_settings["num_threads"] = threads
+        rows[str(name)] = OpenVinoRow(
+            source=str(entry["source"]),
+            settings=OpenVinoSettings.from_mapping(compile_settings),
+            description=str(entry.get("description") or name),
+        )
+    return rows

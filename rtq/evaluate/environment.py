@@ -1,7 +1,8 @@
 """The machine a timing ran on: CPU, integer-dot-product flags, load and library versions.
 
-Throughput figures mean little without it: INT8 kernels only win on CPUs with VNNI/AMX, and a
-shared machine's load average says how much of the spread is other people's work.
+Throughput figures mean little without it: INT8 kernels only win on CPUs with VNNI/AMX, OpenVINO
+runs float layers in bf16 only where the CPU has avx512_bf16/AMX, and a shared machine's load
+average says how much of the spread is other people's work.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile")
 
 
 def cpu_description(cpuinfo: str | None = None) -> dict[str, Any]:
-    """CPU model name and the integer-dot-product flags that decide whether INT8 kernels can win."""
+    """CPU model name, the integer-dot-product flags that decide whether INT8 kernels can win and the
+    bf16 flags that decide whether OpenVINO's bf16 inference precision has native kernels."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
@@ -34,7 +37,7 @@ def cpu_description(cpuinfo: str | None = None) -> dict[str, Any]:
     return {
         "model": model or platform.processor() or "unknown",
         "cores": os.cpu_count(),
-        **{flag: flag in flags for flag in INT8_FLAGS},
+        **{flag: flag in flags for flag in (*INT8_FLAGS, *BF16_FLAGS)},
     }
 
 
@@ -62,6 +65,14 @@ def versions() -> dict[str, str]:
         import modelopt
 
         found["modelopt"] = modelopt.__version__
+    with contextlib.suppress(ImportError):
+        import openvino
+
+        found["openvino"] = str(openvino.get_version()).split("-")[0]
+    with contextlib.suppress(ImportError):
+        import nncf
+
+        found["nncf"] = str(nncf.__version__)
     return found
 
 

@@ -31,6 +31,8 @@ def result_row(
         "dataset": str(cfg.data.name),
         "data_root": str(cfg.data.root),
     }
+    if ran.get("compiler"):
+        row["compiler"] = ran["compiler"]
     if ran.get("settings"):
         row["backend_settings"] = ran["settings"]
     row.update(evaluation)

@@ -47,14 +47,20 @@ def target_runner(ctx: StageContext, mode: Any) -> tuple[Any, dict[str, Any]]:
         precision = art.precision
         if precision == "fp32" and settings.inference_precision != "f32":
             precision = settings.inference_precision
-        label = {"backend": "openvino", "precision": precision, "settings": settings.record()}
+        label = {
+            "backend": "openvino",
+            "precision": precision,
+            "settings": settings.record(),
+            "compiler": f"openvino {settings.record()['openvino']} ({settings.inference_precision})",
+        }
         return make_openvino_runner(model, settings, name="target"), label
     if art.engine is not None:
         from rtq.backends.tensorrt.runner import make_trt_runner
 
         precision = str(backend.get("precision", "fp32"))
         precision = "int8" if precision == "int8_qdq" else precision
-        return make_trt_runner(art.engine), {"backend": art.engine_compiler, "precision": precision}
+        label = {"backend": art.engine_compiler, "precision": precision, "compiler": _version("tensorrt")}
+        return make_trt_runner(art.engine), label
     if backend.get("name") == "torch":
         model = art.deployed_torch_model
         if model is None:
@@ -65,10 +71,30 @@ def target_runner(ctx: StageContext, mode: Any) -> tuple[Any, dict[str, Any]]:
         from rtq.backends.torch import make_torch_runner
 
         threads = backend.get("num_threads")
-        label = {"backend": "torch", "precision": art.precision, "settings": {"num_threads": threads}}
+        label = {
+            "backend": "torch",
+            "precision": art.precision,
+            "settings": {"num_threads": threads},
+            "compiler": _version("torch"),
+        }
         return make_torch_runner(model, num_threads=threads), label
     graph = art.graph
     if graph is None:
         raise UserError(f"backend={backend.get('name')} needs an ONNX model: add export to `stages`")
-    label = {"backend": "onnxruntime", "precision": art.precision, "settings": ort_settings(ctx)}
+    label = {
+        "backend": "onnxruntime",
+        "precision": art.precision,
+        "settings": ort_settings(ctx),
+        "compiler": _version("onnxruntime"),
+    }
     return graph_runner(ctx, graph, "target", mode), label
+
+
+def _version(package: str) -> str:
+    """`package version` of the runtime that ran (the results table's compiler column)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"{package} {version(package)}"
+    except PackageNotFoundError:
+        return package

@@ -5,7 +5,10 @@ from here, so a figure quoted in prose is always the one this run measured. Per 
 by batch as `b1`, `b4`...: fps, batch_ms (median, q1, q3), per_frame_ms, speedup (ratio of
 medians over the reference), paired_speedup (median, q1, q3 of per-repetition ratios),
 batch_gain (throughput over the first batch's), ort_graph (op counts of ORT's optimized graph)
-and fidelity (`rtq.compare.metrics.score_fidelity_report`).
+and fidelity (`rtq.compare.metrics.score_fidelity_report`). OpenVINO rows add `openvino` (source,
+file and compile settings), fidelity_vs_source (against ORT on the ONNX the row came from) and
+layer_profile (total_ms and per `LayerType_precision` share / ms of the profiled call) and
+paired_vs (its paired speed-up over each other OpenVINO row, e.g. rtq's INT8 over NNCF's).
 """
 
 from __future__ import annotations
@@ -49,6 +52,18 @@ def _timing_figures(
     return out
 
 
+def _paired(timings: Mapping[tuple[str, int], Timing], other: str, name: str) -> dict[str, Any]:
+    """`name`'s speed over `other`'s per batch: median, q1, q3 of the per-repetition ratios."""
+    out = {}
+    for backend, batch in timings:
+        if backend == name and (other, batch) in timings:
+            pairs = paired_speedups(timings, other, name, batch)
+            if pairs:
+                q1, median, q3 = quartiles(pairs)
+                out[_batch_key(batch)] = {"median": median, "q1": q1, "q3": q3}
+    return out
+
+
 def _graph_figures(profile: OrtGraphProfile, op_types: list[str]) -> dict[str, Any]:
     """The report's summary columns plus every op type seen in any profiled graph (0 if absent here)."""
     figures: dict[str, Any] = {key: profile.count(key) for _, key in SUMMARY_COLUMNS}
@@ -66,6 +81,7 @@ def bench_figures(
     fidelity: Mapping[str, Mapping[str, float]],
     reference: str,
     goal: float,
+    openvino: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Every figure of one run, JSON-ready: settings, environment, then one group per backend."""
     figures: dict[str, Any] = {
@@ -84,5 +100,13 @@ def bench_figures(
             group["ort_graph"] = _graph_figures(profiles[name], op_types)
         if name in fidelity:
             group["fidelity"] = dict(fidelity[name])
+        record = dict((openvino or {}).get(name) or {})
+        if record:
+            for key in ("fidelity_vs_source", "layer_profile"):
+                if key in record:
+                    group[key] = record.pop(key)
+            group["openvino"] = record
+            peers = [other for other in (openvino or {}) if other != name]
+            group["paired_vs"] = {other: _paired(timings, other, name) for other in peers}
         figures[name] = group
     return figures

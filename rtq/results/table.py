@@ -20,6 +20,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("model", "Model", "s"),
     ("weights", "Weights", "s"),
     ("backend", "Backend", "s"),
+    ("compiler", "Compiler", "s"),
     ("precision", "Precision", "s"),
     ("recipe", "Recipe", "s"),
     ("ap", "AP", ".2f"),

@@ -32,3 +32,36 @@ def test_overrides_replace_keys_and_unknown_keys_are_user_errors(tmp_path: Path)
     config.write_text(BENCH_CONFIG.read_text().replace("ort_int8_ortqdq_wide:", "reference:"))
     with pytest.raises(UserError, match=r"ort_variants \['reference'\]"):
         load_settings(config=config)
+
+
+def test_openvino_rows_take_the_compile_settings_with_their_overrides() -> None:
+    settings = load_settings({"threads": 3})
+    rows = settings.openvino
+    assert set(rows) == {"ov_fp32", "ov_int8_modelopt", "ov_int8_nncf"}
+    assert rows["ov_fp32"].settings.inference_precision == "f32"  # the FP32 row stays FP32
+    assert rows["ov_int8_modelopt"].settings.inference_precision == "bf16"
+    assert all(row.settings.num_threads == 3 for row in rows.values())  # null: the bench's threads
+    assert [rows[n].source_backend for n in sorted(rows)] == ["ort_fp32", "ort_int8_modelopt", "ort_fp32"]
+    assert settings.profile_rows == ("ov_int8_modelopt", "ov_int8_nncf")
+    assert settings.nncf.preset == "mixed" and settings.nncf.model_type == "transformer"
+    assert settings.layers_path.name == "bench_rtdetrv2_r18vd.openvino_layers.md"
+    assert settings.figures()["nncf"]["model_type"] == "transformer"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("source: nncf", "source: tflite", r"openvino row 'ov_int8_nncf': needs source"),
+        ("performance_hint: LATENCY", "performance_hint: FAST", "performance_hint='FAST'"),
+        ("profile_rows: [ov_int8_modelopt", "profile_rows: [ov_missing", r"profile_rows \['ov_missing'\]"),
+        ("preset: mixed", "preset: fastest", "openvino.nncf.preset='fastest'"),
+        ("    ov_fp32:", "    ort_fp32:", r"openvino.rows \['ort_fp32'\]"),
+    ],
+)
+def test_bad_openvino_sections_are_user_errors(tmp_path: Path, old: str, new: str, message: str) -> None:
+    config = tmp_path / "bench.yaml"
+    text = BENCH_CONFIG.read_text()
+    assert old in text
+    config.write_text(text.replace(old, new, 1))
+    with pytest.raises(UserError, match=message):
+        load_settings(config=config)

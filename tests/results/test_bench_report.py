@@ -89,3 +89,55 @@ def test_figures_hold_what_the_report_shows(tmp_path: Path) -> None:
     assert figures["ort_fp32"]["ort_graph"]["float_conv"] == 2
     assert figures["ort_fp32"]["ort_graph"]["ops"]["Conv"] == 2
     assert "paired_speedup" not in figures["ort_fp32"] and figures["goal_speedup"] == 1.5
+
+
+OPENVINO = {
+    "ov_int8": {
+        "source": "modelopt",
+        "file": "model.int8.onnx",
+        "compile": {"inference_precision": "bf16", "performance_hint": "LATENCY", "num_threads": 2,
+                    "num_streams": None, "openvino": "2026.4.1", "device": "CPU", "profile": False},
+        "fidelity_vs_source": {"source": "ort_int8_modelopt", **FIDELITY["ort_int8_modelopt"]},
+        "layer_profile": {"total_ms": 50.0, "share": {"Convolution_u8": 0.5}, "ms": {"Convolution_u8": 25.0}},
+    },
+    "ov_nncf": {"source": "nncf", "file": "model.xml", "compile": {
+        "inference_precision": "bf16", "performance_hint": "LATENCY", "num_threads": 2, "num_streams": None,
+        "openvino": "2026.4.1", "device": "CPU", "profile": False}},
+}
+
+
+def _with_openvino_rows() -> tuple[dict[tuple[str, int], Timing], dict[str, str]]:
+    timings = {**_timings(), ("ov_int8", 1): Timing("ov_int8", 1, [0.03, 0.04, 0.035]),
+               ("ov_int8", 4): Timing("ov_int8", 4, [0.12, 0.13, 0.125]),
+               ("ov_nncf", 1): Timing("ov_nncf", 1, [0.06, 0.08, 0.07]),
+               ("ov_nncf", 4): Timing("ov_nncf", 4, [0.24, 0.26, 0.25])}
+    return timings, {**DESCRIPTIONS, "ov_int8": "OpenVINO INT8", "ov_nncf": "NNCF"}
+
+
+def test_report_lists_openvino_rows_settings_and_fidelity_vs_source(tmp_path: Path) -> None:
+    settings = load_settings({"out": tmp_path / "bench.md", "checkpoint": "none"})
+    timings, descriptions = _with_openvino_rows()
+    report = render_report(settings, "python -m rtq.bench", _environment(), timings, descriptions, {},
+                           FIDELITY, {}, openvino=OPENVINO, layers_file="bench.openvino_layers.md")
+    assert "| OpenVINO INT8 | 1 | 28.57 |" in report  # timed beside ORT in the one table
+    assert "- OpenVINO INT8: batch 1: 3.14x, paired per repetition" in report
+    settings_row = "| OpenVINO INT8 | modelopt: `model.int8.onnx` | bf16 | LATENCY | 2 | plugin default |"
+    assert settings_row in report
+    assert "| OpenVINO INT8 | ORT INT8 | 0.5000 | 0.1000 | 0.0100 | 1.00 |" in report
+    assert "`bench.openvino_layers.md`" in report and "avx512_bf16 no" in report
+    assert "- OpenVINO INT8 over NNCF: batch 1: 2.00x (IQR 2.00-2.00x), batch 4: 2.00x" in report
+
+
+def test_figures_group_openvino_settings_fidelity_and_profile() -> None:
+    timings, descriptions = _with_openvino_rows()
+    figures = bench_figures({"batches": [1, 4]}, _environment(), timings, descriptions, {}, FIDELITY,
+                            reference="ort_fp32", goal=3.0, openvino=OPENVINO)
+    json.dumps(figures)
+    row = figures["ov_int8"]
+    assert row["openvino"]["compile"]["inference_precision"] == "bf16"
+    assert row["openvino"]["source"] == "modelopt"
+    assert row["fidelity_vs_source"]["source"] == "ort_int8_modelopt"
+    assert row["layer_profile"]["share"]["Convolution_u8"] == 0.5
+    assert row["paired_speedup"]["b4"]["median"] == pytest.approx(0.40 / 0.125) and row["meets_goal"] is True
+    assert "openvino" not in figures["ort_fp32"]
+    assert row["paired_vs"]["ov_nncf"]["b1"]["median"] == pytest.approx(2.0)

@@ -74,11 +74,11 @@ def test_markdown_and_csv() -> None:
     table = markdown_table([row(), row(fps_model=None, recipe="a|b")])
     lines = table.strip().splitlines()
     assert lines[0] == (
-        "| Experiment | Model | Weights | Backend | Precision | Recipe | AP | AP50 | FPS e2e | FPS model "
-        "| Batch | Images |"
+        "| Experiment | Model | Weights | Backend | Compiler | Precision | Recipe | AP | AP50 | FPS e2e "
+        "| FPS model | Batch | Images |"
     )
     assert lines[2] == (
-        "| baseline | rtdetrv2_r18vd | random | onnxruntime | fp32 | none "
+        "| baseline | rtdetrv2_r18vd | random | onnxruntime | — | fp32 | none "
         "| 48.12 | 65.00 | 12.3 | 20.0 | 4 | 80 |"
     )
     assert "| — |" in lines[3] and "a\\|b" in lines[3]

@@ -29,7 +29,10 @@ INFERENCE_PRECISIONS = ("f32", "bf16", "f16")
 PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 CACHE_KEY_VERSION = 1  # bump when the compile procedure changes what a key stands for
 ExtraOutputs = Literal["all"] | Sequence[str] | None
-_UNSUPPORTED_OPS = re.compile(r"OpenVINO does not support the following ONNX operations:\s*([^\n]+)")
+_UNSUPPORTED_OPS = re.compile(
+    r"(?:No conversion rule found for operations|OpenVINO does not support the following ONNX operations):"
+    r"\s*([^\n]+)"
+)
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,7 @@ def read_model(onnx_path: str | Path, extra_outputs: ExtraOutputs = None) -> Any
     path = Path(onnx_path)
     if not path.is_file():
         raise UserError(f"ONNX model {path} does not exist; export it first or fix the path")
+    _check_onnx(path)
     try:
         model = _core().read_model(str(path))
     except RuntimeError as err:
@@ -115,16 +119,33 @@ def read_model(onnx_path: str | Path, extra_outputs: ExtraOutputs = None) -> Any
     return model
 
 
+def _check_onnx(path: Path) -> None:
+    """Reject a file that is not ONNX before OpenVINO tries every other front end on it."""
+    import onnx
+
+    try:
+        onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # protobuf raises several types for junk bytes
+        raise UserError(f"{path} is not an ONNX model ({type(err).__name__}); export it again") from None
+
+
 def _read_error(path: Path, message: str) -> str:
     unsupported = _UNSUPPORTED_OPS.search(message)
     if unsupported:
         ops = unsupported.group(1).strip().rstrip(".")
         return (
             f"OpenVINO cannot read {path}: no OpenVINO implementation of ONNX op(s) {ops}; "
-            "register an extension for them (backend.extensions) or replace them with a surgery"
+            "run this graph on a backend that implements them (tensorrt, onnxruntime) or pick a surgery "
+            "that does not emit them"
         )
-    first = next((line.strip() for line in message.splitlines() if line.strip()), "unknown error")
-    return f"OpenVINO cannot read {path} ({first[:200]}); check the file is a valid ONNX model"
+    return f"OpenVINO cannot read {path} ({_essence(message)}); check the file is a valid ONNX model"
+
+
+def _essence(message: str) -> str:
+    """The informative line of an OpenVINO exception (its first lines only say where it was thrown)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Exception from", "Check '"))]
+    return (useful[-1] if useful else lines[0] if lines else "unknown error")[:200]
 
 
 def all_tensor_names(model: Any) -> list[str]:
@@ -158,19 +179,35 @@ def compile_model(
     """An `ov.CompiledModel` of an ONNX path (or an `ov.Model`) with the settings' properties."""
     ov_model = read_model(model, extra_outputs) if isinstance(model, str | Path) else model
     try:
-        return _core().compile_model(ov_model, settings.device, settings.properties())
+        compiled = _core().compile_model(ov_model, settings.device, settings.properties())
     except RuntimeError as err:
         raise UserError(_compile_error(settings, str(err))) from None
+    ran = _precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    if ran != settings.inference_precision:
+        # the CPU plugin silently substitutes a precision it has (f16 -> bf16 without AVX512-FP16)
+        raise UserError(
+            f"OpenVINO {settings.device} does not support backend.inference_precision="
+            f"{settings.inference_precision!r} on this machine (it would run {ran}); use {ran} or f32"
+        )
+    return compiled
+
+
+def _precision_name(value: Any) -> str:
+    text = str(value).lower()
+    for name, token in (("bf16", "bfloat16"), ("f16", "float16"), ("f32", "float32")):
+        if token in text or text == name:
+            return name
+    return text
 
 
 def _compile_error(settings: OpenVinoSettings, message: str) -> str:
-    first = next((line.strip() for line in message.splitlines() if line.strip()), "unknown error")
-    if "INFERENCE_PRECISION_HINT" in message or "precision" in message.lower():
+    essence = _essence(message)
+    if "INFERENCE_PRECISION_HINT" in message:
         return (
             f"OpenVINO {settings.device} does not support backend.inference_precision="
-            f"{settings.inference_precision!r} on this machine ({first[:160]}); use f32"
+            f"{settings.inference_precision!r} on this machine ({essence[:160]}); use f32"
         )
-    return f"OpenVINO could not compile the model on {settings.device}: {first[:200]}"
+    return f"OpenVINO could not compile the model on {settings.device}: {essence}"
 
 
 def onnx_io_names(onnx_path: str | Path) -> list[str]:

@@ -22,14 +22,17 @@ NON_COMPUTE_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "Constant", "
 _SKIPPED_LAYER_TYPES = frozenset({"Const", "Input", "Output"})
 
 
-def onnx_op_types(onnx_model: Any) -> dict[str, str]:
-    """ONNX node name -> op type, from a path or a loaded `onnx.ModelProto`."""
+def _proto(onnx_model: Any) -> Any:
     import onnx
 
-    proto = onnx_model
     if isinstance(onnx_model, str | Path):
-        proto = onnx.load(str(onnx_model), load_external_data=False)
-    return {node.name: node.op_type for node in proto.graph.node if node.name}
+        return onnx.load(str(onnx_model), load_external_data=False)
+    return onnx_model
+
+
+def onnx_op_types(onnx_model: Any) -> dict[str, str]:
+    """ONNX node name -> op type, from a path or a loaded `onnx.ModelProto`."""
+    return {node.name: node.op_type for node in _proto(onnx_model).graph.node if node.name}
 
 
 def onnx_node_of(name: str, known: Mapping[str, str] | frozenset[str]) -> str | None:
@@ -57,7 +60,10 @@ def _time_us(text: str) -> float | None:
 
 def runtime_layers(compiled: Any, onnx_model: Any) -> list[EngineLayer]:
     """Executed layers of a compiled model, in execution order, mapped to ONNX nodes."""
-    op_types = onnx_op_types(onnx_model)
+    proto = _proto(onnx_model)
+    op_types = onnx_op_types(proto)
+    # a layer may carry the name of the tensor it writes (an Eltwise feeding a graph output)
+    writer_of = {tensor: node.name for node in proto.graph.node for tensor in node.output}
     runtime = compiled.get_runtime_model()
     precision_of_node: dict[str, list[str]] = {}
     layers: list[EngineLayer] = []
@@ -79,6 +85,8 @@ def runtime_layers(compiled: Any, onnx_model: Any) -> list[EngineLayer]:
             node = onnx_node_of(original.strip(), op_types)
             if node is not None and node not in nodes:
                 nodes.append(node)
+        if not nodes and op.get_friendly_name() in writer_of:
+            nodes.append(writer_of[op.get_friendly_name()])
         layers.append(
             EngineLayer(
                 name=op.get_friendly_name(),

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
+from polygraphy.datatype import DataType
 
 from rtq.backends.openvino.compile import (
     ExtraOutputs,
@@ -55,7 +56,8 @@ class OpenVinoRunner(BaseRunner):
         meta = TensorMetadata()
         for port in self.compiled.inputs:
             shape = [d.get_length() if d.is_static else -1 for d in port.get_partial_shape()]
-            meta.add(self._name(port), dtype=port.get_element_type().to_dtype(), shape=shape)
+            dtype = DataType.from_dtype(np.dtype(port.get_element_type().to_dtype()))
+            meta.add(self._name(port), dtype=dtype, shape=shape)
         return meta
 
     def infer_impl(self, feed_dict: Mapping[str, Any]) -> OrderedDict[str, np.ndarray]:
