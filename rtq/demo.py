@@ -1,8 +1,10 @@
 """`./workflow.sh demo`: the main job on the bundled data, then the AP/FPS table.
 
-Runs YOLOX-Nano (real COCO weights) in FP32 and INT8, the RT-DETRv2 `int8_extra_outputs` and
-`int8_fused_plugin` pipelines (quantize -> export -> surgery -> build -> compare -> evaluate) and
-the fusion-bug localiser on a simulated faulty fusion. RT-DETRv2 uses the parity
+Runs YOLOX-Nano (real COCO weights) in FP32 and INT8, then the debugging loop on a real INT8
+compiler, OpenVINO: YOLOX INT8 collapsing on it and the graph pass that fixes it, and RT-DETRv2
+`int8_extra_outputs` compiled by OpenVINO (fusion list in layers.md, direct vs extra-outputs fusion
+diff, compare against ONNX Runtime); then the TensorRT-oriented `int8_fused_plugin` pipeline and the
+fusion-bug localiser on a simulated faulty fusion. RT-DETRv2 uses the parity
 fixture's checkpoint when `../shared` is beside the project (synthetic weights: AP is not the point)
 and random weights otherwise; the run says which.
 """
@@ -36,7 +38,18 @@ def demo_runs(quick: bool) -> list[tuple[str, list[str]]]:
             "YOLOX-Nano INT8 (modelopt ONNX PTQ, max, sensitive Convs float)",
             ["experiment=yolox_int8_max", *sweep, *limit],
         ),
-        ("RT-DETRv2-R18 INT8 with extra outputs", ["experiment=int8_extra_outputs", *rtdetr, *sweep, *limit]),
+        (
+            "YOLOX-Nano INT8 compiled by OpenVINO: the same Q/DQ file collapses (Concat -> int8 Q/DQ defect)",
+            ["experiment=yolox_openvino_int8_max", *sweep, *limit],
+        ),
+        (
+            "YOLOX-Nano INT8 on OpenVINO after the unsigned_activations pass (the fix)",
+            ["experiment=yolox_openvino_int8_max_unsigned", *sweep, *limit],
+        ),
+        (
+            "RT-DETRv2-R18 INT8 with extra outputs, compiled by OpenVINO (fusion list, diff, compare)",
+            ["experiment=openvino_int8_extra_outputs", *rtdetr, *sweep, *limit],
+        ),
         (
             "RT-DETRv2-R18 INT8 with the fused plugin node",
             ["experiment=int8_fused_plugin", *rtdetr, *sweep, *limit],

@@ -186,6 +186,9 @@ def _row(r: Mapping[str, Any]) -> str:
 
 def report_markdown(report: Mapping[str, Any]) -> str:
     """The one-page summary: coverage, the proof, invasive markings, first diverging, worst, modules."""
+    names = ", ".join(f"`{n}`" for n in report["changed_nodes"][:6])
+    more = " ..." if len(report["changed_nodes"]) > 6 else ""
+    changed = "" if report["fusions_unchanged"] else f" (changed, outputs still bit-identical: {names}{more})"
     yes = {True: "yes", False: "**no**"}
     lines = [
         f"# Non-invasive layer-wise compare: `{Path(report['target']).name}`",
@@ -198,8 +201,9 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         f"{report['layers_with_onnx_nodes']} layers with ONNX nodes ({report['executed_layers']} executed)",
         f"- final outputs bit-identical to the unmarked compile: {yes[report['bit_identical']]}"
         f" (unmarked compiled twice agrees with itself: {yes[report['baseline_deterministic']]})",
-        f"- fusion groups unchanged: {yes[report['fusions_unchanged']]}; layers the marking added "
-        f"(output reorders/converts, no ONNX node): {report['layers_added_by_marking']}",
+        f"- proof criterion: {report.get('criterion', 'outputs and fusions')}",
+        f"- fusion groups and layer precisions unchanged: {yes[report['fusions_unchanged']]}{changed}; "
+        f"layers the marking added (reorders, converts): {report['layers_added_by_marking']}",
         f"- invasive markings dropped: {len(report['invasive'])}; unresolved (budget) dropped: "
         f"{len(report['unresolved_dropped'])}; QuantizeLinear outputs not marked (fused FakeQuantize): "
         f"{report['quantized_skipped']}; compiles used: {report['compiles']}",
@@ -299,6 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-recipe", default="int8_default", help="torch recipe the exclusions extend")
     p.add_argument("--max-compiles", type=int, default=60, help="compile budget of the invasive search")
     p.add_argument("--threads", type=int, help="OpenVINO inference threads")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="a marking must also keep fusions and layer precisions (default: bit-identical outputs suffice)",
+    )
     return p
 
 
@@ -317,6 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         module_map=load_module_map(args.module_map),
         max_module_error=args.max_error,
         base_recipe=args.base_recipe,
+        strict=args.strict,
     )
     feeds = model_feeds(Path(args.target), args.image_dir, args.images)
     report = noninvasive_compare(

@@ -121,10 +121,11 @@ class Check:
     changed_nodes: list[str]
     added_layers: int
     compiled: Any = field(repr=False, default=None)
+    strict: bool = True  # also require unchanged fusions and layer precisions, not only equal outputs
 
     @property
     def clean(self) -> bool:
-        return self.bit_identical and not self.changed_nodes
+        return self.bit_identical and (not self.strict or not self.changed_nodes)
 
     def reason(self) -> str:
         parts = (
@@ -148,6 +149,7 @@ class Prover:
     base_layers: list[EngineLayer]
     base_outputs: list[dict[str, np.ndarray]]
     compiles: int = 0
+    strict: bool = True
 
     def check(self, marked: Sequence[str], keep: bool = False) -> Check:
         self.compiles += 1
@@ -169,7 +171,7 @@ class Prover:
                         delta = np.abs(value.astype(np.float64) - got[name].astype(np.float64))
                         worst = max(worst, float(np.nanmax(delta)) if delta.size else 0.0)
         added = len(layers) - len(_fused(layers)) - (len(self.base_layers) - len(_fused(self.base_layers)))
-        return Check(same, worst, changed, added, compiled if keep else None)
+        return Check(same, worst, changed, added, compiled if keep else None, self.strict)
 
 
 def find_invasive(
@@ -224,6 +226,10 @@ class NonInvasiveOptions:
     # QuantizeLinear outputs are fused into the producing layer as a FakeQuantize; on RT-DETR every one
     # tried was invasive (marking them un-fuses the FQ and changes the outputs), so they are skipped.
     mark_quantized: bool = False
+    # True: a marking must leave fusions and layer precisions unchanged too. False: bit-identical final
+    # outputs are the proof, and the layers whose output precision or grouping the marking changed are
+    # listed (a marked tensor is written in float, so the layer writing it stops emitting u8).
+    strict: bool = False
 
 
 def prove_markings(
@@ -249,7 +255,7 @@ def prove_markings(
         candidates = [t for t in candidates if t not in skipped]
     candidates += [t for t in options.extra_marks if t not in candidates]
     producer_of = {t: index.producer[t].name for t in candidates if t in index.producer}
-    prover = Prover(target, settings, feeds, base_layers, base_outputs)
+    prover = Prover(target, settings, feeds, base_layers, base_outputs, strict=options.strict)
     invasive, unresolved = find_invasive(prover, candidates, producer_of, options.max_compiles)
     kept = [t for t in candidates if t not in invasive and t not in unresolved]
     final = prover.check(kept, keep=True)
@@ -265,6 +271,7 @@ def prove_markings(
         "graph_outputs": len(index.outputs),
         "layers_covered": len(covered),
         "baseline_deterministic": deterministic,
+        "criterion": "outputs and fusions" if options.strict else "bit-identical final outputs",
         "bit_identical": final.bit_identical,
         "max_output_diff": final.max_output_diff,
         "fusions_unchanged": not final.changed_nodes,

@@ -153,8 +153,15 @@ def _reduce(args: argparse.Namespace, argv: Sequence[str]) -> int:
         feeds = random_feeds(path, args.random_seed)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings = OpenVinoSettings(inference_precision=args.inference_precision)
-    reduce_mismatch(path, feeds, args.out, settings, args.threshold, max_compiles=args.max_compiles,
-                    command=_command(argv))
+    reduce_mismatch(
+        path,
+        feeds,
+        args.out,
+        settings,
+        args.threshold,
+        max_compiles=args.max_compiles,
+        command=_command(argv),
+    )
     print((Path(args.out) / "report.md").read_text())
     return 0
 
@@ -190,12 +197,19 @@ def _mixed_precision(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     proxy_file, digest = out / "proxy.json", file_digest(args.qdq)
     cached = json.loads(proxy_file.read_text()) if proxy_file.is_file() else {}
-    if cached.get("qdq_digest") == digest and cached.get("images") == len(feeds):
+    if (
+        cached.get("qdq_digest") == digest
+        and cached.get("images") == len(feeds)
+        and cached.get("kind") == "only_int8"
+    ):
         ranking = [(str(n), float(g)) for n, g in cached["ranking"]]  # same graph, same images: reuse
     else:
-        print(f"proxy: ONNX Runtime, {len(nodes)} quantized nodes one at a time float on {len(feeds)} images")
+        print(f"proxy: ONNX Runtime, {len(nodes)} nodes, each alone quantized, on {len(feeds)} images")
         ranking = proxy_ranking(qdq, nodes, feeds, fp32_outputs)
-        write_atomic(proxy_file, json.dumps({"qdq_digest": digest, "images": len(feeds), "ranking": ranking}))
+        write_atomic(
+            proxy_file,
+            json.dumps({"qdq_digest": digest, "images": len(feeds), "kind": "only_int8", "ranking": ranking}),
+        )
     dataset = CocoDataset(str(coco), max_images=args.eval_images)
     settings = OpenVinoSettings(inference_precision=args.inference_precision)
     score = openvino_ap_scorer(detector.io, dataset, settings)
@@ -206,8 +220,11 @@ def _mixed_precision(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.recipe:
         from rtq.debug.auto_recipe import onnx_recipe_dict, write_recipe
 
-        recipe = onnx_recipe_dict(args.recipe, result.chosen, f"float set chosen on OpenVINO within "
-                                  f"{args.budget:g} AP of FP32 ({result.compiles} compiles)")
+        recipe = onnx_recipe_dict(
+            args.recipe,
+            result.chosen,
+            f"float set chosen on OpenVINO within {args.budget:g} AP of FP32 ({result.compiles} compiles)",
+        )
         write_recipe(recipe, out / f"{args.recipe}.yaml", header=f"Written by: {_command(argv)}")
     print(text)
     return 0 if result.within_budget else 1

@@ -4,10 +4,10 @@ Which layers to keep in float is usually chosen by hand or on a proxy (torch or 
 sensitivity) that can disagree with what the compiler does. Here every candidate variant of one
 Q/DQ graph (some compute nodes kept float by `rtq.quant.qdq_edit.keep_float`, no recalibration) is
 compiled by OpenVINO and scored by COCO AP on the dataset, with its latency. The cheap proxy only
-orders the search: ONNX Runtime's output error with one node kept float (no compile). The search
+orders the search: ONNX Runtime's output error with only that node quantized (no compile). The search
 bisects the proxy-ordered prefix for the fewest float nodes within the budget, prunes the set, and
-spends what is left of the compile budget on single-node variants to measure how well the proxy's
-ranking predicts the compiler's real AP change (Spearman rank correlation).
+spends what is left of the compile budget on "only this node INT8" variants spread over the proxy
+order, to measure how well the proxy ranks the compiler's real AP drop (Spearman rank correlation).
 """
 
 from __future__ import annotations
@@ -131,7 +131,10 @@ def proxy_ranking(
     feeds: Sequence[dict[str, np.ndarray]],
     fp32_outputs: Sequence[dict[str, np.ndarray]],
 ) -> list[tuple[str, float]]:
-    """Per node, how much ONNX Runtime's output error vs FP32 drops with only that node float."""
+    """Per node, ONNX Runtime's output error vs FP32 with only that node quantized, most harmful first.
+
+    "Only this one INT8" measures a node's own damage; "only this one float" would not, because with
+    everything else quantized one node more or less in float rarely changes the outcome."""
     from rtq.compare.metrics import metric
     from rtq.quant.qdq_edit import keep_float
 
@@ -146,9 +149,10 @@ def proxy_ranking(
         names = [o.name for o in session.get_outputs()]
         return [dict(zip(names, session.run(None, feed), strict=True)) for feed in feeds]
 
-    base = error(fp32_outputs, run(qdq))
-    gains = [(node, base - error(fp32_outputs, run(keep_float(qdq, [node])))) for node in nodes]
-    return sorted(gains, key=lambda item: -item[1])
+    damage = [
+        (node, error(fp32_outputs, run(keep_float(qdq, [n for n in nodes if n != node])))) for node in nodes
+    ]
+    return sorted(damage, key=lambda item: -item[1])
 
 
 def search(
@@ -172,10 +176,11 @@ def search(
     target = fp32.ap - budget
     order = [node for node, _ in ranking]
 
+    reserve_for_correlation = min(6, max(0, max_compiles - 14))
     lo, hi = 0, len(order)  # invariant: prefix lo fails (or is 0), prefix hi passes (all float ~ FP32)
     if int8.ap >= target:
         hi = 0
-    while hi - lo > 1 and compiler.left > 2:
+    while hi - lo > 1 and compiler.left > reserve_for_correlation + 1:
         mid = (lo + hi) // 2
         if compiler.measure(order[:mid], f"prefix {mid}").ap >= target:
             hi = mid
@@ -183,24 +188,18 @@ def search(
             lo = mid
     chosen = order[:hi]
     for node in reversed(list(chosen)):  # prune: drop what the compiler says is not needed
-        if len(chosen) <= 1 or compiler.left <= 2:
+        if len(chosen) <= 1 or compiler.left <= reserve_for_correlation + 1:
             break
         trial = [n for n in chosen if n != node]
         if compiler.measure(trial, f"without {node}").ap >= target:
             chosen = trial
     chosen_variant = compiler.measure(chosen, f"chosen ({len(chosen)} float)") if chosen else int8
 
-    pairs: list[tuple[str, float, float]] = []
+    pairs: list[tuple[str, float, float]] = []  # (node, proxy error, compiler AP drop), "only it INT8"
     proxy = dict(ranking)
-    singles = [
-        n for n in order if n not in {v.float_nodes[0] for v in compiler.variants if len(v.float_nodes) == 1}
-    ]
-    for variant in compiler.variants:
-        if len(variant.float_nodes) == 1:
-            pairs.append((variant.float_nodes[0], proxy[variant.float_nodes[0]], variant.ap - int8.ap))
-    for node in _spread(singles, compiler.left):
-        variant = compiler.measure([node], f"only {node} float")
-        pairs.append((node, proxy[node], variant.ap - int8.ap))
+    for node in _spread(order, compiler.left):
+        variant = compiler.measure([n for n in order if n != node], f"only {node} INT8")
+        pairs.append((node, proxy[node], fp32.ap - variant.ap))
     correlation = spearman([p[1] for p in pairs], [p[2] for p in pairs])
     return MixedPrecisionResult(
         budget=budget,
@@ -269,8 +268,9 @@ def render_markdown(result: MixedPrecisionResult, title: str, command: str) -> s
         f"- chosen float set ({len(result.chosen)} nodes): {chosen}",
         f"- chosen AP: **{result.chosen_ap:.2f}** ({verdict} budget)",
         f"- compiles: **{result.compiles}** of at most {result.max_compiles}; time {result.seconds:.0f} s",
-        f"- proxy (ONNX Runtime, one node float) vs compiler AP change, Spearman over "
-        f"{len(result.correlation_pairs)} single-node variants: **{corr}**",
+        f"- proxy (ONNX Runtime output error, only that node INT8) vs the compiler's AP drop for the "
+        f"same variant, Spearman over {len(result.correlation_pairs)} nodes spread over the proxy order: "
+        f"**{corr}**",
         "",
         "## AP / latency Pareto set",
         "",
@@ -282,9 +282,9 @@ def render_markdown(result: MixedPrecisionResult, title: str, command: str) -> s
     ]
     lines += [
         "",
-        "## Proxy vs compiler (single node float)",
+        "## Proxy vs compiler (only that node INT8)",
         "",
-        "| node | proxy gain | compiler AP change |",
+        "| node | proxy error | compiler AP drop |",
         "| --- | ---: | ---: |",
     ]
     lines += [f"| `{n}` | {p:.4f} | {a:+.2f} |" for n, p, a in result.correlation_pairs]

@@ -72,15 +72,70 @@ def _load(path: Path, row: OpenVinoRow) -> Any:
     return compile_model(path, row.settings)
 
 
+class ParallelRequestsRunner(OpenVinoRunner):
+    """Splits each batch into `requests` batch-first chunks run as parallel asynchronous infer
+    requests (one per stream under the THROUGHPUT hint) and concatenates the outputs: the batch's
+    model-only time when OpenVINO may work on several images at once. A batch smaller than
+    `requests` is split as far as it goes."""
+
+    def __init__(self, load: Any, requests: int, name: str, port_names: Any) -> None:
+        super().__init__(load, name=name, port_names=port_names)
+        self.requests = requests
+
+    def activate_impl(self) -> None:
+        import openvino as ov
+
+        super().activate_impl()
+        self._queue = ov.AsyncInferQueue(self.compiled, self.requests)
+
+    def infer_impl(self, feed_dict: Mapping[str, Any]) -> Any:
+        from collections import OrderedDict
+
+        by_port = {self._name(port): port for port in self.compiled.inputs}
+        batch = len(next(iter(feed_dict.values())))
+        chunks = np.array_split(np.arange(batch), min(self.requests, batch))
+        results: dict[int, list[np.ndarray]] = {}
+
+        def done(request: Any, index: int) -> None:
+            results[index] = [
+                np.array(request.get_output_tensor(i).data, copy=True)
+                for i in range(len(self.compiled.outputs))
+            ]
+
+        self._queue.set_callback(done)
+        start = time.perf_counter()
+        for index, rows in enumerate(chunks):
+            feed = {by_port[k]: np.ascontiguousarray(v[rows[0] : rows[-1] + 1]) for k, v in feed_dict.items()}
+            self._queue.start_async(feed, index)
+        self._queue.wait_all()
+        self.inference_time = time.perf_counter() - start
+        return OrderedDict(
+            (name, np.concatenate([results[i][k] for i in range(len(chunks))]))
+            for k, name in enumerate(self._output_names)
+        )
+
+    def deactivate_impl(self) -> None:
+        del self._queue
+        super().deactivate_impl()
+
+
 def openvino_runner(name: str, row: OpenVinoRow, path: Path, onnx_source: Path) -> OpenVinoRunner:
     """A runner compiling `path` with the row's settings on activation; outputs named as in the ONNX."""
-    return OpenVinoRunner(lambda: _load(path, row), name=name, port_names=onnx_io_names(onnx_source))
+    ports = onnx_io_names(onnx_source)
+    if row.requests > 1:
+        return ParallelRequestsRunner(lambda: _load(path, row), row.requests, name=name, port_names=ports)
+    return OpenVinoRunner(lambda: _load(path, row), name=name, port_names=ports)
 
 
 def openvino_records(settings: BenchSettings, paths: Mapping[str, Path]) -> dict[str, dict[str, Any]]:
     """Per OpenVINO row: what it compiles and the settings it ran with (OpenVINO version included)."""
     return {
-        name: {"source": row.source, "file": paths[name].name, "compile": row.settings.record()}
+        name: {
+            "source": row.source,
+            "file": paths[name].name,
+            "requests": row.requests,
+            "compile": row.settings.record(),
+        }
         for name, row in settings.openvino.items()
         if name in paths
     }

@@ -136,6 +136,7 @@ def run_bench(settings: BenchSettings, command: str) -> str:
         reference=REFERENCE,
         goal=settings.goal_speedup,
         openvino=openvino,
+        goals=settings.goals(),
     )
     if settings.profile_rows:
         write_atomic(settings.layers_path, layers_md)

@@ -44,6 +44,9 @@ class OpenVinoRow:
     source: str
     settings: OpenVinoSettings
     description: str = ""
+    # parallel infer requests a batch is split across (batch-first chunks); 1: one synchronous call.
+    # With the THROUGHPUT hint each request runs on its own stream (num_threads / streams threads).
+    requests: int = 1
 
     @property
     def source_backend(self) -> str:
@@ -74,6 +77,13 @@ class BenchSettings:
     nncf: NncfSettings = field(default_factory=NncfSettings)
     profile_rows: tuple[str, ...] = ()  # OpenVINO rows whose per-layer times go beside the report
     profile_top: int = 20
+    openvino_goal: float | None = None  # goal of the OpenVINO INT8 rows over ORT FP32 (None: goal_speedup)
+
+    def goals(self) -> dict[str, float]:
+        """Per backend with its own goal: the OpenVINO INT8 rows (the others use `goal_speedup`)."""
+        if self.openvino_goal is None:
+            return {}
+        return {name: self.openvino_goal for name, row in self.openvino.items() if row.source != "fp32"}
 
     @property
     def layers_path(self) -> Path:
@@ -181,6 +191,7 @@ def _checked(raw: Mapping[str, Any]) -> BenchSettings:
         nncf=NncfSettings.from_mapping(openvino.get("nncf")),
         profile_rows=profile_rows,
         profile_top=int(openvino.get("profile_top") or 20),
+        openvino_goal=None if openvino.get("goal_speedup") is None else float(openvino["goal_speedup"]),
     )
 
 
@@ -190,19 +201,23 @@ def openvino_rows(section: Mapping[str, Any], threads: int) -> dict[str, OpenVin
     rows = {}
     for name, entry in (section.get("rows") or {}).items():
         entry = dict(entry or {})
-        unknown = sorted(set(entry) - {"source", "description", *COMPILE_KEYS})
+        unknown = sorted(set(entry) - {"source", "description", "requests", *COMPILE_KEYS})
         if unknown or entry.get("source") not in OPENVINO_SOURCES:
             raise UserError(
                 f"openvino row '{name}': needs source one of {sorted(OPENVINO_SOURCES)} (got "
-                f"{entry.get('source')!r}) and only the keys description, {', '.join(COMPILE_KEYS)}"
+                f"{entry.get('source')!r}) and only the keys description, requests, {', '.join(COMPILE_KEYS)}"
                 + (f"; unknown {unknown}" if unknown else "")
             )
         compile_settings = {**base, **{k: entry[k] for k in COMPILE_KEYS if k in entry}}
         if compile_settings.get("num_threads") is None:
             compile_settings["num_threads"] = threads
+        requests = int(entry.get("requests") or 1)
+        if requests < 1:
+            raise UserError(f"openvino row '{name}': requests={requests} must be at least 1")
         rows[str(name)] = OpenVinoRow(
             source=str(entry["source"]),
             settings=OpenVinoSettings.from_mapping(compile_settings),
             description=str(entry.get("description") or name),
+            requests=requests,
         )
     return rows

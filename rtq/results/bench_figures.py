@@ -82,6 +82,7 @@ def bench_figures(
     reference: str,
     goal: float,
     openvino: Mapping[str, Mapping[str, Any]] | None = None,
+    goals: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """Every figure of one run, JSON-ready: settings, environment, then one group per backend."""
     figures: dict[str, Any] = {
@@ -95,7 +96,9 @@ def bench_figures(
     for name in names:
         group: dict[str, Any] = {"description": descriptions.get(name, name)}
         if any(backend == name for backend, _ in timings):
-            group.update(_timing_figures(timings, name, reference, goal))
+            group.update(_timing_figures(timings, name, reference, (goals or {}).get(name, goal)))
+            if name in (goals or {}):
+                group["goal_speedup"] = (goals or {})[name]
         if name in profiles:
             group["ort_graph"] = _graph_figures(profiles[name], op_types)
         if name in fidelity:

@@ -48,7 +48,9 @@ def _feeds(count: int = 2) -> list[dict[str, np.ndarray]]:
 
 def test_boundaries_found_and_probe_proved_clean(tmp_path: Path) -> None:
     model = _chain(tmp_path / "chain.onnx")
-    report = noninvasive_compare(model, model, _feeds(), tmp_path / "out")
+    report = noninvasive_compare(
+        model, model, _feeds(), tmp_path / "out", options=NonInvasiveOptions(strict=True)
+    )
     assert report["boundaries_found"] >= 2
     assert "r1" in {row["tensor"] for row in report["boundaries"]}  # Conv+Relu output leaves its layer
     assert report["bit_identical"] and report["fusions_unchanged"] and report["baseline_deterministic"]
@@ -61,7 +63,7 @@ def test_boundaries_found_and_probe_proved_clean(tmp_path: Path) -> None:
 
 def test_marking_inside_a_fusion_is_detected_and_named(tmp_path: Path) -> None:
     model = _chain(tmp_path / "chain.onnx")
-    options = NonInvasiveOptions(extra_marks=("c1",))  # Conv output inside the fused Conv+Relu
+    options = NonInvasiveOptions(extra_marks=("c1",), strict=True)  # Conv output inside the fused Conv+Relu
     report = noninvasive_compare(model, model, _feeds(), tmp_path / "out", options=options)
     invasive = {row["tensor"]: row for row in report["invasive"]}
     assert "c1" in invasive and "r1" not in invasive, report["invasive"]  # not the Relu c1's fusion broke

@@ -48,3 +48,17 @@ def test_runner_profile_and_records_on_a_tiny_onnx(tmp_path: Path) -> None:
     assert records["ov_fp32"]["compile"]["inference_precision"] == "f32"
     assert records["ov_int8_modelopt"]["source"] == "fp32" and records["ov_fp32"]["file"] == "tiny.onnx"
     assert records["ov_fp32"]["compile"]["openvino"]
+
+
+def test_parallel_requests_runner_splits_the_batch_and_keeps_the_order(tmp_path: Path) -> None:
+    model = conv_model(tmp_path / "tiny.onnx")
+    settings = load_settings({"out": tmp_path / "bench.md", "threads": 2})
+    row = settings.openvino["ov_fp32_tput"]
+    assert row.requests == 2 and row.settings.performance_hint == "THROUGHPUT"
+    feed = {"x": np.random.default_rng(1).random((3, 4, 8, 8), dtype=np.float32)}
+    with openvino_runner("tput", row, model, model) as split, openvino_runner(
+        "one", settings.openvino["ov_fp32"], model, model
+    ) as whole:
+        for batch in (1, 3):
+            part = {"x": feed["x"][:batch]}
+            np.testing.assert_allclose(split.infer(part)["y"], whole.infer(part)["y"], rtol=1e-5, atol=1e-5)

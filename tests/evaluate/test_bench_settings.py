@@ -37,15 +37,19 @@ def test_overrides_replace_keys_and_unknown_keys_are_user_errors(tmp_path: Path)
 def test_openvino_rows_take_the_compile_settings_with_their_overrides() -> None:
     settings = load_settings({"threads": 3})
     rows = settings.openvino
-    assert set(rows) == {"ov_fp32", "ov_int8_modelopt", "ov_int8_nncf"}
+    assert {"ov_fp32", "ov_int8_modelopt", "ov_int8_nncf", "ov_int8_modelopt_tput"} <= set(rows)
     assert rows["ov_fp32"].settings.inference_precision == "f32"  # the FP32 row stays FP32
     assert rows["ov_int8_modelopt"].settings.inference_precision == "bf16"
     assert all(row.settings.num_threads == 3 for row in rows.values())  # null: the bench's threads
-    assert [rows[n].source_backend for n in sorted(rows)] == ["ort_fp32", "ort_int8_modelopt", "ort_fp32"]
+    assert [rows[n].source_backend for n in ("ov_fp32", "ov_int8_modelopt", "ov_int8_nncf")] == [
+        "ort_fp32", "ort_int8_modelopt", "ort_fp32"
+    ]
     assert settings.profile_rows == ("ov_int8_modelopt", "ov_int8_nncf")
     assert settings.nncf.preset == "mixed" and settings.nncf.model_type == "transformer"
     assert settings.layers_path.name == "bench_rtdetrv2_r18vd.openvino_layers.md"
     assert settings.figures()["nncf"]["model_type"] == "transformer"
+    goals = settings.goals()  # the OpenVINO INT8 rows have their own goal, the FP32 rows none
+    assert goals["ov_int8_modelopt"] == 3.0 and "ov_fp32" not in goals and "ort_int8_ortqdq" not in goals
 
 
 @pytest.mark.parametrize(

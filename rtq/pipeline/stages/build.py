@@ -9,6 +9,7 @@ direct Q/DQ graph against the surgered one (`fusion_diff.md`): which fusions the
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from rtq.errors import StageSkipped
@@ -16,6 +17,7 @@ from rtq.paths import PROJECT_ROOT
 from rtq.pipeline.stage import StageContext, StageResult, register_stage
 
 COMPILERS = ("tensorrt", "openvino")
+log = logging.getLogger("rtq")
 
 
 @register_stage(
@@ -45,7 +47,7 @@ def stage_build(ctx: StageContext) -> StageResult:
 def _build_openvino(ctx: StageContext) -> StageResult:
     from rtq.backends.layers import diff_engines, load_layer_list, write_diff_report
     from rtq.backends.openvino.compile import OpenVinoSettings, build_compiled, layers_json_path
-    from rtq.backends.openvino.inspect import inspection_markdown, onnx_op_types
+    from rtq.backends.openvino.inspect import fusions, inspection_markdown, onnx_op_types
     from rtq.files import write_atomic
 
     art = ctx.artifacts
@@ -61,6 +63,18 @@ def _build_openvino(ctx: StageContext) -> StageResult:
     touching = [str(n) for n in (ctx.section("backend").get("report_touching") or [])]
     write_atomic(report, inspection_markdown(layers, op_types, f"OpenVINO: {graph.name}", touching=touching))
     outputs = [out, layers_json_path(out), report]
+    precisions = sorted(
+        {layer.precision for layer in layers if layer.type in ("Convolution", "FullyConnected")}
+    )
+    log.info(
+        "OpenVINO (%s, %s): %d layers, %d fusions, Conv/FC precisions %s; %s",
+        settings.inference_precision,
+        settings.performance_hint,
+        len(layers),
+        len(fusions(layers, op_types)),
+        ",".join(precisions),
+        report,
+    )
     direct = art.qdq_onnx or art.onnx
     if art.surgered_onnx is not None and direct is not None:
         direct_blob = ctx.run_dir / "direct" / "model.blob"
@@ -69,6 +83,11 @@ def _build_openvino(ctx: StageContext) -> StageResult:
             load_layer_list(layers_json_path(direct_blob)), layers, "direct", "surgered", ignore_unmapped=True
         )
         outputs += list(write_diff_report(diff, ctx.run_dir / "fusion_diff"))
+        log.info(
+            "fusion diff, direct vs surgered graph: %d fusion changes (%s)",
+            len(diff.fusion_changes),
+            ctx.run_dir / "fusion_diff.md",
+        )
         art.reports["fusion_diff"] = ctx.run_dir / "fusion_diff.md"
     art.engine, art.engine_compiler = out, "openvino"
     art.reports["layers"] = report
