@@ -28,7 +28,7 @@ cmd_setup() {
   echo "setup: installing rtq and its dependencies into .venv (about a minute)"
   "$PY" -m pip install --quiet --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
   "$PY" -m pip install --quiet "$TORCH_PIN" -e ".[dev]" 2>&1 | grep -v '^WARNING: Location' || true
-  "$PY" -c "import rtq, torch, modelopt.torch.quantization, onnx, onnx_graphsurgeon, polygraphy, onnxruntime, pycocotools, hydra" \
+  "$PY" -c "import rtq, torch, modelopt.torch.quantization, onnx, onnx_graphsurgeon, polygraphy, onnxruntime, openvino, nncf, pycocotools, hydra" \
     || { echo "setup: the installation is incomplete (see pip's messages above)" >&2; exit 1; }
   echo "$want" > "$STAMP"
   echo "setup: done"

@@ -265,3 +265,28 @@ def test_rows_say_what_ran_and_with_which_onnxruntime_settings(tmp_path: Path) -
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = json.loads((run_dir / "results.json").read_text())
     assert row["backend_settings"] == {"intra_op_threads": 1}
+
+
+def test_yolox_int8_on_openvino_end_to_end_with_the_unsigned_fix(tmp_path: Path) -> None:
+    """The whole chain on a real INT8 compiler: quantize, the graph pass, OpenVINO build with its
+    layer report, compare against ONNX Runtime with the detection match, and AP."""
+    proc, run_dir = run_rtq(
+        tmp_path,
+        "experiment=yolox_openvino_int8_max_unsigned",
+        "data.max_images=8",
+        "quant.calib.max_images=8",
+        "compare.num_images=2",
+        "evaluate.sweep_batches=[]",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads((run_dir / "results.json").read_text())
+    assert (row["backend"], row["precision"]) == ("openvino", "int8")
+    assert row["compiler"].startswith("openvino ") and row["backend_settings"]["inference_precision"] == "f32"
+    assert row["ap"] > 15.0  # the unfixed graph scores ~0 on OpenVINO (see the QDQ regression test)
+    assert row["compare"]["target_backend"] == "openvino"
+    assert row["compare"]["summary"]["detections_matched_fraction"] > 0.5
+    layers = (run_dir / "layers.md").read_text()
+    assert "| Convolution | u8 |" in layers and "## Fusions" in layers
+    assert {"surgery", "build", "compare"} <= {
+        s for s, r in stage_status(run_dir).items() if r["status"] == "ok"
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from rtq.errors import StageSkipped, UserError
 from rtq.pipeline.caching import reuse_or_make, stage_key
@@ -42,14 +43,14 @@ def stage_quantize_onnx(ctx: StageContext) -> StageResult:
     out = ctx.run_dir / "model.int8.onnx"
     calib = dict(quant.get("calib") or {})
 
-    def make(path: object) -> None:
+    def make(path: Path) -> None:
         images = CalibrationImages(source, max_images=calib.get("max_images"))
         feeds = list(calibration_batches(images, ctx.detector.io, int(calib.get("batch_size", 8))))
         if not feeds:
             raise UserError(f"no calibration images in {source}; set data.calib.source=PATH")
         quantize_onnx(
             fp32,
-            out,
+            path,
             feeds,
             method=str(quant["method"]),
             exclude_nodes=list(quant.get("exclude_nodes") or []),
