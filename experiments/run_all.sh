@@ -24,8 +24,13 @@ done
 for exp in int8_default int8_histogram int8_offsets_float int8_no_backbone int8_extra_outputs int8_fused_plugin; do
   $PY -m rtq.run experiment=$exp "${rtdetr[@]}" "${common[@]}"
 done
+for exp in openvino_fp32 openvino_int8_default openvino_int8_direct openvino_int8_extra_outputs; do
+  $PY -m rtq.run experiment=$exp "${rtdetr[@]}" "${common[@]}"
+done
 for exp in yolox_fp32 yolox_fp32_capped yolox_int8_all_max yolox_int8_all_entropy yolox_int8_ops_float \
-           yolox_int8_convs_float yolox_int8_max yolox_int8_entropy yolox_int8_auto yolox_int8_end2end; do
+           yolox_int8_convs_float yolox_int8_max yolox_int8_entropy yolox_int8_auto yolox_int8_end2end \
+           yolox_openvino_fp32 yolox_openvino_int8_max yolox_openvino_int8_max_unsigned \
+           yolox_openvino_int8_all_max_unsigned; do
   $PY -m rtq.run experiment=$exp "results.store=$STORE" "evaluate.sweep_batches=[1,8]" "evaluate.iterations=5"
 done
 mv "$STORE" experiments/results.jsonl

@@ -38,6 +38,8 @@ STATUS_MEANING = {
     "marking_changes_little": "no fusion changes the output by more than the threshold: marking every "
     "candidate removes under a quarter of the error, so the error is not a fusion's",
 }
+# Without an explicit threshold, an unmarked error below this is no error at all.
+NO_ERROR_FLOOR = 1e-3
 # Marking every candidate must remove at least this share of the error before a fusion is blamed.
 MIN_GAIN_FRACTION = 0.25
 
@@ -141,10 +143,12 @@ def localize(
 
     found: list[str] = []
     status = "localized"
-    if error_before <= search.threshold:
+    if error_before <= (threshold if threshold is not None else NO_ERROR_FLOOR):
         status = "no_error"
     elif threshold is None and error_before - error_all < MIN_GAIN_FRACTION * error_before:
         status = "marking_changes_little"  # no marking moves the error enough to blame a fusion
+    elif error_before <= search.threshold:
+        status = "no_error"
     elif error_all > search.threshold:
         status = "not_fixed_by_marking"
     else:

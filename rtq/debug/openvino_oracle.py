@@ -87,21 +87,35 @@ class OpenVinoOracle:
 def fusion_candidates(
     model: onnx.ModelProto, layers: Sequence[EngineLayer], pattern: object | None = None
 ) -> list[Candidate]:
-    """Per fused layer, the outputs of its compute nodes but the last: marking one splits the layer."""
+    """Tensors whose marking changes what the compiler merged: per fused layer the outputs of its
+    compute nodes but the last (marking one splits the layer), and the input of every QuantizeLinear
+    the compiler executes away from that input's producer (OpenVINO moves FakeQuantize across Concat
+    and other data movement; marking the input keeps the quantizer where the graph put it)."""
     from rtq.backends.openvino.inspect import compute_nodes
 
     op_types = {node.name: node.op_type for node in model.graph.node}
-    outputs = {node.name: list(node.output) for node in model.graph.node}
+    nodes_by_name = {node.name: node for node in model.graph.node}
+    writer = {tensor: node.name for node in model.graph.node for tensor in node.output}
     graph_outputs = {o.name for o in model.graph.output}
     order = {node.name: i for i, node in enumerate(model.graph.node)}
     found: list[Candidate] = []
     seen: set[str] = set()
+
+    def add(tensor: str, node: str, kind: str) -> None:
+        keep = pattern is None or bool(pattern.search(tensor) or pattern.search(node))  # type: ignore[attr-defined]
+        if tensor not in seen and tensor not in graph_outputs and tensor in writer and keep:
+            seen.add(tensor)
+            found.append(Candidate(tensor, node, kind))
+
     for layer in layers:
         nodes = sorted(compute_nodes(layer, op_types), key=lambda n: order.get(n, -1))
         for node in nodes[:-1]:
-            for tensor in outputs.get(node, [])[:1]:
-                keep = pattern is None or bool(pattern.search(tensor) or pattern.search(node))  # type: ignore[attr-defined]
-                if tensor not in seen and tensor not in graph_outputs and keep:
-                    seen.add(tensor)
-                    found.append(Candidate(tensor, node, f"inside {layer.type}"))
+            for tensor in nodes_by_name[node].output[:1] if node in nodes_by_name else []:
+                add(tensor, node, f"inside {layer.type}")
+        for node in layer.onnx_nodes:
+            if op_types.get(node) != "QuantizeLinear" or not layer.name.startswith(f"{node}_"):
+                continue  # only quantizers the compiler cloned and moved
+            source = nodes_by_name[node].input[0]
+            if writer.get(source) is not None and writer[source] not in layer.onnx_nodes:
+                add(source, writer[source], f"quantizer moved into {layer.type}")
     return sorted(found, key=lambda c: order.get(c.node, -1))

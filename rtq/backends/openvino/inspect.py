@@ -11,6 +11,7 @@ the longest ONNX node name it extends. A fusion is a layer covering more than on
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -36,11 +37,15 @@ def onnx_op_types(onnx_model: Any) -> dict[str, str]:
 
 
 def onnx_node_of(name: str, known: Mapping[str, str] | frozenset[str]) -> str | None:
-    """The ONNX node an OpenVINO node name stands for (itself or its longest `/` prefix)."""
+    """The ONNX node an OpenVINO node name stands for: itself, its longest `/` prefix, or the node it
+    was cloned from (OpenVINO appends `_<n>` to copies, e.g. a FakeQuantize moved onto each input)."""
     candidate = name
     while candidate:
         if candidate in known:
             return candidate
+        clone = re.fullmatch(r"(.+)_\d+", candidate)
+        if clone and clone.group(1) in known:
+            return clone.group(1)
         if "/" not in candidate.strip("/"):
             return None
         candidate = candidate.rsplit("/", 1)[0]
