@@ -75,3 +75,43 @@ $PY -m rtq.debug sensitivity-diff \
 
 # 6. The CPU benchmark (defaults: conf/bench.yaml) -> bench_rtdetrv2_r18vd.{md,json}
 $PY -m rtq.bench
+
+# 7. The debugging loop on OpenVINO (a real INT8 compiler on this CPU)
+run_dir() { $PY -c "import json,sys; rows=[json.loads(l) for l in open('$STORE')]; \
+print([r for r in rows if r['experiment']==sys.argv[1]][-1]['run_dir'])" "$1"; }
+YQ=$(run_dir yolox_openvino_int8_max)/model.int8.onnx
+YF=$(run_dir yolox_openvino_fp32)/model.onnx
+YALL=$(run_dir yolox_openvino_int8_all_max_unsigned)/model.unsigned_activations.onnx
+RQ=$(run_dir openvino_int8_default)/model.int8.onnx
+RF=$(run_dir openvino_fp32)/model.onnx
+RX=$(run_dir openvino_int8_extra_outputs)
+OV=runs/experiments/openvino
+rm -rf "$OV"
+$PY -m rtq.run experiment=localize_openvino_yolox "hydra.run.dir=$OV/localize_yolox"
+$PY -m rtq.run experiment=yolox_openvino_int8_max_layerwise "hydra.run.dir=$OV/layerwise_yolox"
+$PY -m rtq.run experiment=localize_openvino_rtdetr "model.checkpoint=$CKPT" "quant.calib.max_images=16" \
+    "quant.calib.batch_size=4" "hydra.run.dir=$OV/localize_rtdetr"
+$PY -m rtq.debug reduce "$YQ" --out experiments/openvino_yolox_reduce \
+    --image ../shared/data/coco_val2017_mini/val2017/000000005001.jpg
+$PY -m rtq.compare.noninvasive "$YQ" --reference "$YQ" --fp32 "$YF" --images 2 --max-compiles 60 \
+    --out experiments/openvino_noninvasive/yolox_int8_max
+$PY -m rtq.compare.noninvasive "$RQ" --reference "$RQ" --fp32 "$RF" --images 2 --max-compiles 60 \
+    --out experiments/openvino_noninvasive/rtdetr_int8_default
+$PY -m rtq.debug mixed-precision --qdq "$YALL" --fp32 "$YF" --model yolox_nano --budget 1.0 \
+    --max-compiles 20 --recipe onnx_int8_openvino_mixed --out experiments/openvino_mixed_yolox || true
+$PY -m rtq.table --store "$STORE" --analysis experiments/openvino_yolox.analysis.md \
+    --figures "layerwise=$OV/layerwise_yolox/compare/report.json" \
+    --figures "localize=$OV/localize_yolox/localize/report.json" \
+    --figures "reduce=experiments/openvino_yolox_reduce/report.json" \
+    --figures "noninvasive=experiments/openvino_noninvasive/yolox_int8_max/report.json" \
+    --figures "mixed=experiments/openvino_mixed_yolox/report.json" \
+    --out experiments/openvino_yolox.md
+$PY -m rtq.table --store "$STORE" --analysis experiments/openvino_rtdetrv2_r18vd.analysis.md \
+    --figures "fusion=$RX/fusion_diff.json" \
+    --figures "localize=$OV/localize_rtdetr/localize/report.json" \
+    --figures "noninvasive=experiments/openvino_noninvasive/rtdetr_int8_default/report.json" \
+    --include "$RX/fusion_diff.md" --include "$RX/layers.md" \
+    --out experiments/openvino_rtdetrv2_r18vd.md
+
+# 8. The CPU benchmark of YOLOX-Nano -> bench_yolox_nano.{md,json}
+$PY -m rtq.bench --model yolox_nano

@@ -41,8 +41,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--include",
         type=Path,
-        default=None,
-        help="with --analysis: a generated Markdown file appended verbatim",
+        action="append",
+        default=[],
+        help="with --analysis: a generated Markdown file appended verbatim (repeatable)",
     )
     return parser.parse_args(argv)
 
@@ -53,7 +54,7 @@ def render_report(
     store: Path,
     command: str,
     extra: list[str] | None = None,
-    include: Path | None = None,
+    include: list[Path] | None = None,
 ) -> str:
     """A hand-written analysis with its figures filled from the store's rows (and `NAME=JSON` files),
     under a generated header, optionally followed by a generated Markdown file."""
@@ -66,10 +67,10 @@ def render_report(
             raise UserError(f"--figures {item}: give NAME=PATH of an existing JSON file")
         figures[name] = json.loads(Path(path).read_text())
     body = render_analysis(analysis.read_text(), figures, source=str(analysis))
-    if include is not None:
-        if not include.is_file():
-            raise UserError(f"--include {include} does not exist; run the command that writes it first")
-        body = body.rstrip("\n") + "\n\n---\n\n" + include.read_text()
+    for path in include or []:
+        if not path.is_file():
+            raise UserError(f"--include {path} does not exist; run the command that writes it first")
+        body = body.rstrip("\n") + "\n\n---\n\n" + path.read_text()
     title, _, rest = body.partition("\n")
     return (
         f"{title}\n\nRendered by `{command}` from `{store}`: every number below is a figure of a run in "

@@ -97,7 +97,9 @@ class EngineDiff:
         return not self.fusion_changes
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        counts = {"fusion_change_count": len(self.fusion_changes),
+                  "precision_change_count": len(self.precision_changes)}
+        return {**asdict(self), **counts}
 
 
 def _by_group(layers: Iterable[EngineLayer]) -> dict[frozenset[str], list[EngineLayer]]:

@@ -109,6 +109,7 @@ def noninvasive_compare(
         "compared": len(rows),
         "exceeding": len(bad),
         "first_diverging": bad[0] if bad else None,
+        "invasive_count": len(proof["invasive"]),
         "worst": sorted(rows, key=lambda r: -r["normalised_error"])[: options.worst],
         "boundaries": rows,
         "module_grouping": how,

@@ -66,7 +66,10 @@ def stage_localize(ctx: StageContext) -> StageResult:
 
         backend = ctx.section("backend")
         ov_settings = OpenVinoSettings.from_mapping(backend) if backend.get("name") == "openvino" else None
-        ov_oracle = OpenVinoOracle(qdq, feeds, ov_settings)
+        from rtq.compare.metrics import metric
+
+        error = metric(str(settings.get("metric") or "output_error"))
+        ov_oracle = OpenVinoOracle(qdq, feeds, ov_settings, metric=error)
         candidates = ov_oracle.candidates(settings.get("include"))
         oracle = ov_oracle
     else:

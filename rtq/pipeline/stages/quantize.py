@@ -35,7 +35,7 @@ def _source_listing(folder: str) -> list[str]:
 )
 def stage_quantize(ctx: StageContext) -> StageResult:
     """Calibrate a copy of the torch model with the `quant` recipe (modelopt fake-quant)."""
-    from rtq.quant.recipes import check_module_globs, recipe_from_dict
+    from rtq.quant.recipes import check_module_globs, prepare_model, recipe_from_dict
 
     if not quant_enabled(ctx.cfg):
         raise StageSkipped("quant=none: nothing to quantize")
@@ -53,7 +53,7 @@ def stage_quantize(ctx: StageContext) -> StageResult:
     key = stage_key(ctx, quant=ctx.section("quant"), calib=_source_listing(source))
     cached = ctx.cache.lookup("quantized", key, "modelopt_state.pth")
     if cached is not None:
-        model = mto.restore(copy.deepcopy(fp32), str(cached))
+        model = mto.restore(prepare_model(copy.deepcopy(fp32), recipe), str(cached))  # the saved form
         how = f"calibrated model restored from the cache ({key})"
     else:
         feeds = calibration_feeds(recipe, ctx.detector.io, source=source)
