@@ -1,6 +1,7 @@
 """`python -m rtq.bench`: CPU benchmark, PyTorch FP32 vs ONNX Runtime and OpenVINO FP32 / INT8.
 
-Defaults live in `conf/bench.yaml`; a flag given here overrides its key. The work is
+Defaults live in `conf/bench.yaml`, or `conf/bench_<model>.yaml` for a model with its own (e.g.
+`--model yolox_nano`), or `--config PATH`; a flag given here overrides its key. The work is
 `rtq.evaluate.bench_run.run_bench`.
 """
 
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rtq.errors import exit_on_user_error
-from rtq.evaluate.bench_settings import BENCH_CONFIG, BenchSettings, load_settings
+from rtq.evaluate.bench_settings import BENCH_CONFIG, BenchSettings, bench_config, load_settings
 
 
 def parse_args(argv: Sequence[str] | None = None) -> BenchSettings:
@@ -23,6 +24,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchSettings:
     parser = argparse.ArgumentParser(
         prog="python -m rtq.bench", description=__doc__.splitlines()[0], epilog=f"defaults: {BENCH_CONFIG}"
     )
+    parser.add_argument("--config", type=Path, help="bench YAML (default: conf/bench_<model>.yaml if any)")
     parser.add_argument("--model")
     parser.add_argument("--checkpoint", help="RT-DETRv2 .pth; 'none' for random weights")
     parser.add_argument("--batches", type=int, nargs="+")
@@ -38,7 +40,8 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchSettings:
     parser.add_argument("--out", type=Path, help="report path; figures and analysis sit beside it")
     args = vars(parser.parse_args(argv))
     skip_variants = args.pop("no_ort_variant")
-    settings = load_settings(args)
+    config = args.pop("config") or bench_config(args["model"])
+    settings = load_settings(args, config=config)
     return dataclasses.replace(settings, ort_variants={}) if skip_variants else settings
 
 

@@ -67,10 +67,10 @@ def render_report(
             raise UserError(f"--figures {item}: give NAME=PATH of an existing JSON file")
         figures[name] = json.loads(Path(path).read_text())
     body = render_analysis(analysis.read_text(), figures, source=str(analysis))
-    for path in include or []:
-        if not path.is_file():
-            raise UserError(f"--include {path} does not exist; run the command that writes it first")
-        body = body.rstrip("\n") + "\n\n---\n\n" + path.read_text()
+    for included in include or []:
+        if not included.is_file():
+            raise UserError(f"--include {included} does not exist; run the command that writes it first")
+        body = body.rstrip("\n") + "\n\n---\n\n" + included.read_text()
     title, _, rest = body.partition("\n")
     return (
         f"{title}\n\nRendered by `{command}` from `{store}`: every number below is a figure of a run in "

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from rtq.bench import parse_args
 from rtq.errors import UserError
+from rtq.paths import CONF_DIR
 
 
 def test_parse_args_defaults_and_user_errors() -> None:
@@ -28,3 +31,13 @@ def test_flags_override_the_yaml_and_no_ort_variant_drops_the_variants() -> None
     assert settings.ort_variants == {} and settings.recipe == defaults.recipe
     with pytest.raises(UserError, match="--batches"):
         parse_args(["--batches", "0"])
+
+
+def test_a_model_with_its_own_bench_config_gets_it_and_config_picks_a_file(tmp_path: Path) -> None:
+    yolox = parse_args(["--model", "yolox_nano", "--iterations", "3"])
+    assert yolox.model == "yolox_nano" and yolox.torch_row is False and yolox.iterations == 3
+    assert yolox.out.name == "bench_yolox_nano.md"
+    config = tmp_path / "bench.yaml"
+    text = (CONF_DIR / "bench_yolox_nano.yaml").read_text()
+    config.write_text(text.replace("iterations: 50", "iterations: 7"))
+    assert parse_args(["--config", str(config)]).iterations == 7

@@ -1,11 +1,14 @@
 """The ONNX files the benchmark times: the pipeline's own FP32 and Q/DQ exports, plus ORT's.
 
-The FP32 export and modelopt's TensorRT-oriented INT8 Q/DQ export come from the experiment
-pipeline itself (`rtq.pipeline.driver.run_chain` with stages `[export]` and `[quantize, export]`),
-so the benchmark times exactly what `python -m rtq.run` deploys and shares its cache. The
-ORT-oriented INT8 files are ORT's own `quantize_static` of that FP32 export, one per configured
-`OrtVariant`; the OpenVINO rows compile the FP32 or the modelopt file, or NNCF's PTQ of the FP32
-file (`rtq.evaluate.bench_openvino.nncf_ir`). `build_artifacts` is the whole interface.
+The FP32 export and modelopt's INT8 Q/DQ export come from the experiment pipeline itself
+(`rtq.pipeline.driver.run_chain` with stages `[export]` and the config's `int8_stages`:
+`[quantize, export]` for RT-DETR's torch-level recipe, `[export, quantize_onnx]` for an ONNX-level
+one such as YOLOX's), so the benchmark times exactly what `python -m rtq.run` deploys and shares
+its cache; with a `surgery` configured, the same chain plus stage `surgery` gives the surgered
+Q/DQ file (OpenVINO source `surgered`). The ORT-oriented INT8 files are ORT's own
+`quantize_static` of that FP32 export, one per configured `OrtVariant`; the OpenVINO rows compile
+one of those files, or NNCF's PTQ of the FP32 file (`rtq.evaluate.bench_openvino.nncf_ir`).
+`build_artifacts` is the whole interface.
 """
 
 from __future__ import annotations
@@ -42,10 +45,14 @@ def pipeline_overrides(settings: BenchSettings) -> list[str]:
         raise UserError(
             f"--recipe {settings.recipe}: no conf/quant/{settings.recipe}.yaml; choose one of {known}"
         )
+    from omegaconf import OmegaConf
+
     checkpoint = "null" if settings.checkpoint is None else str(settings.checkpoint)
+    model_yaml = CONF_DIR / "model" / f"{settings.model}.yaml"
+    takes_checkpoint = not model_yaml.is_file() or "checkpoint" in OmegaConf.load(model_yaml)
     return [
         f"model={settings.model}",
-        f"model.checkpoint={checkpoint}",
+        *([f"model.checkpoint={checkpoint}"] if takes_checkpoint or settings.checkpoint else []),
         f"data.calib.source={settings.calib_source}",
         f"export.opset={settings.opset}",
         f"cache_dir={settings.cache_dir}",
@@ -74,11 +81,13 @@ def build_artifacts(settings: BenchSettings) -> BenchArtifacts:
         f"quant.calib.max_images={settings.calib_images}",
         f"quant.calib.batch_size={min(recipe_batch, settings.calib_images)}",
     ]
+    quant = [f"quant={settings.recipe}", *calib]
     int8_chain, int8_source = _run_chain(
-        settings, "int8", [f"quant={settings.recipe}", *calib, "stages=[quantize,export]"]
+        settings, "int8", [*quant, f"stages=[{','.join(settings.int8_stages)}]"]
     )
     fp32, int8 = fp32_chain.artifacts.onnx, int8_chain.artifacts.qdq_onnx
     assert fp32 is not None and int8 is not None
+    onnx_of = {"fp32": fp32, "modelopt": int8, "nncf": fp32}
     artifacts = BenchArtifacts(
         detector=fp32_chain.detector,
         paths={REFERENCE: fp32, MODELOPT_INT8: int8},
@@ -89,7 +98,14 @@ def build_artifacts(settings: BenchSettings) -> BenchArtifacts:
         artifacts.paths[name] = ort_int8_onnx(
             settings, cache, fp32_chain.detector, fp32, variant, artifacts.sources
         )
-    onnx_of = {"fp32": fp32, "modelopt": int8, "nncf": fp32}
+    if any(row.source == "surgered" for row in settings.openvino.values()):
+        stages = ",".join([*settings.int8_stages, "surgery"])
+        chain, made = _run_chain(
+            settings, "int8_surgery", [*quant, f"surgery={settings.surgery}", f"stages=[{stages}]"]
+        )
+        assert chain.artifacts.surgered_onnx is not None
+        onnx_of["surgered"] = chain.artifacts.surgered_onnx
+        artifacts.sources[f"surgery {settings.surgery}"] = made
     for name, row in settings.openvino.items():
         artifacts.openvino_onnx[name] = onnx_of[row.source]
         if row.source == "nncf":

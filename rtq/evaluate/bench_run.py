@@ -6,8 +6,9 @@ PTQ for OpenVINO, then times every backend in one process on the same real prepr
 interleaved (`rtq.evaluate.timing`); OpenVINO rows are also scored against ORT running their
 ONNX source, and their per-layer times profiled (`rtq.evaluate.bench_openvino`). ORT's optimized
 graph of each ONNX is counted by op kind (`rtq.evaluate.ort_profile`) to say whether the INT8
-kernels were used at all. The figures go to
-JSON, the report to Markdown with the hand-written analysis filled from those figures.
+kernels were used at all. Fidelity is scored as the config's `fidelity` says: sorted scores for
+RT-DETR, raw-output relative L2 plus decoded-detection match for a raw-head model (YOLOX). The
+figures go to JSON, the report to Markdown with the hand-written analysis filled from those figures.
 """
 
 from __future__ import annotations
@@ -15,14 +16,22 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from polygraphy.backend.base import BaseRunner
 
-from rtq.compare.metrics import score_fidelity_report
+from rtq.compare.metrics import detection_match_report, relative_l2, score_fidelity_report
 from rtq.errors import UserError
-from rtq.evaluate.bench_settings import MODELOPT_INT8, REFERENCE, TORCH_FP32, BenchSettings
+from rtq.evaluate.bench_settings import (
+    MATCH_IOU,
+    MATCH_SCORE,
+    MODELOPT_INT8,
+    REFERENCE,
+    TORCH_FP32,
+    BenchSettings,
+)
 from rtq.evaluate.environment import fingerprint, load_average
 from rtq.evaluate.ort_profile import profile_onnxrt
 from rtq.evaluate.timing import interleaved_timing
@@ -41,25 +50,55 @@ def _timing_images(settings: BenchSettings, count: int) -> list[np.ndarray]:
     return [dataset.load_image(i) for i in range(len(dataset))]
 
 
+def raw_fidelity_report(
+    reference: Mapping[str, np.ndarray], other: Mapping[str, np.ndarray], io: Any, metas: Sequence[Any]
+) -> dict[str, Any]:
+    """Raw outputs compared as tensors (`relative_l2` over every float output, and the largest
+    absolute difference), then decoded by `io.postprocess` and matched as detections (score >=
+    MATCH_SCORE, same label, IoU >= MATCH_IOU; `detection_match_report`)."""
+    rel = relative_l2()([dict(reference)], [dict(other)])
+    max_abs = max(
+        float(np.max(np.abs(np.asarray(other[k], np.float64) - np.asarray(v, np.float64))))
+        for k, v in reference.items()
+        if np.issubdtype(np.asarray(v).dtype, np.floating)
+    )
+
+    def per_image(outputs: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+        return [
+            {"labels": d.labels[None], "boxes": d.boxes[None], "scores": d.scores[None]}
+            for d in io.postprocess(dict(outputs), list(metas))
+        ]
+
+    match = detection_match_report(per_image(reference), per_image(other), MATCH_SCORE, MATCH_IOU)
+    return {"relative_l2": rel, "max_abs_diff": max_abs, **match}
+
+
 def _fidelity(
-    runners: dict[str, BaseRunner], feed: dict[str, np.ndarray], settings: BenchSettings
-) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, Any]]]:
+    runners: dict[str, BaseRunner],
+    feed: dict[str, np.ndarray],
+    settings: BenchSettings,
+    io: Any = None,
+    metas: Sequence[Any] = (),
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     """Each backend's outputs on one feed against the reference's; each OpenVINO row's against ORT
     running the ONNX it came from (what the row should compute)."""
     outputs = {}
     for name, runner in runners.items():
         with runner:
             outputs[name] = runner.infer(dict(feed))
+
+    def score(reference: Mapping[str, np.ndarray], other: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        if settings.fidelity == "raw":
+            return raw_fidelity_report(reference, other, io, metas)
+        return score_fidelity_report(reference, other)
+
     fidelity = {
-        name: score_fidelity_report(outputs[REFERENCE], output)
+        name: score(outputs[REFERENCE], output)
         for name, output in outputs.items()
         if name != REFERENCE
     }
     vs_source = {
-        name: {
-            "source": row.source_backend,
-            **score_fidelity_report(outputs[row.source_backend], outputs[name]),
-        }
+        name: {"source": row.source_backend, **score(outputs[row.source_backend], outputs[name])}
         for name, row in settings.openvino.items()
         if name in outputs and row.source_backend in outputs
     }
@@ -82,12 +121,14 @@ def run_bench(settings: BenchSettings, command: str) -> str:
     descriptions = {
         TORCH_FP32: "PyTorch FP32",
         REFERENCE: "ORT FP32",
-        MODELOPT_INT8: "ORT INT8, modelopt Q/DQ (TensorRT export)",
+        MODELOPT_INT8: settings.int8_description,
         **{name: variant.description for name, variant in settings.ort_variants.items()},
     }
-    runners: dict[str, BaseRunner] = {
-        TORCH_FP32: make_torch_runner(model, num_threads=settings.threads, name=TORCH_FP32)
-    }
+    runners: dict[str, BaseRunner] = {}
+    if settings.torch_row:
+        if model is None:
+            raise UserError(f"{settings.model} has no PyTorch model; set `torch: false` in its bench config")
+        runners[TORCH_FP32] = make_torch_runner(model, num_threads=settings.threads, name=TORCH_FP32)
     for name, path in artifacts.paths.items():
         runners[name] = make_onnxrt_runner(
             path,
@@ -102,12 +143,14 @@ def run_bench(settings: BenchSettings, command: str) -> str:
     descriptions = {k: v for k, v in descriptions.items() if k in runners}
 
     images = _timing_images(settings, max(settings.batches))
-    feeds = {b: io.preprocess([images[i % len(images)] for i in range(b)])[0] for b in settings.batches}
+    prepared = {b: io.preprocess([images[i % len(images)] for i in range(b)]) for b in settings.batches}
+    feeds = {b: feed for b, (feed, _) in prepared.items()}
     log.info(
         "timing %s at batches %s, %d repetitions", list(runners), list(settings.batches), settings.iterations
     )
     timings = interleaved_timing(runners, feeds, warmup=settings.warmup, iterations=settings.iterations)
-    fidelity, vs_source = _fidelity(runners, feeds[max(settings.batches)], settings)
+    feed, metas = prepared[max(settings.batches)]
+    fidelity, vs_source = _fidelity(runners, feed, settings, io=io, metas=metas)
     log.info("profiling OpenVINO layers of %s", list(settings.profile_rows))
     layers_md, layer_figures = layer_profiles(
         settings, artifacts.openvino, artifacts.openvino_onnx, feeds[min(settings.batches)], descriptions

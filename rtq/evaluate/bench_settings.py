@@ -1,5 +1,8 @@
 """The benchmark's settings: `conf/bench.yaml` holds every default, the command line overrides.
 
+A model with its own benchmark config has it as `conf/bench_<model>.yaml` (`bench_config`), a
+whole config of the same keys (`conf/bench_yolox_nano.yaml`: an ONNX-only model, no PyTorch row).
+
 Keeping the defaults in one YAML (not in argparse, not in a dataclass) means the report, the
 workflow script and a reader of the config all see the same values.
 """
@@ -31,9 +34,17 @@ MODELOPT_INT8 = "ort_int8_modelopt"
 FIXED_BACKENDS = (TORCH_FP32, REFERENCE, MODELOPT_INT8)
 # Top-level keys of the figures file next to the backend names; a variant may not take one.
 FIGURE_GROUPS = ("settings", "environment", "goal_speedup", "reference")
-# What an OpenVINO row compiles: the FP32 ONNX, modelopt's Q/DQ ONNX, or NNCF's PTQ of the FP32 ONNX;
-# and the ORT backend running the ONNX it came from (its fidelity is measured against that one).
-OPENVINO_SOURCES = {"fp32": REFERENCE, "modelopt": MODELOPT_INT8, "nncf": REFERENCE}
+# What an OpenVINO row compiles: the FP32 ONNX, modelopt's Q/DQ ONNX, that Q/DQ ONNX after the
+# configured `surgery` (numerically the same graph), or NNCF's PTQ of the FP32 ONNX; and the ORT
+# backend running the ONNX it came from (its fidelity is measured against that one).
+OPENVINO_SOURCES = {
+    "fp32": REFERENCE, "modelopt": MODELOPT_INT8, "surgered": MODELOPT_INT8, "nncf": REFERENCE
+}
+# How backends' outputs are compared: `scores` (RT-DETR's sorted top-K scores and top-1 labels,
+# `score_fidelity_report`) or `raw` (relative L2 of every float output, plus the decoded detections
+# matched by IoU, `rtq.evaluate.bench_run.raw_fidelity_report`: for raw-head models such as YOLOX).
+FIDELITY_KINDS = ("scores", "raw")
+MATCH_SCORE, MATCH_IOU = 0.3, 0.5  # `raw` fidelity: decoded detections matched at this score and IoU
 COMPILE_KEYS = ("inference_precision", "performance_hint", "num_threads", "num_streams")
 
 
@@ -78,6 +89,12 @@ class BenchSettings:
     profile_rows: tuple[str, ...] = ()  # OpenVINO rows whose per-layer times go beside the report
     profile_top: int = 20
     openvino_goal: float | None = None  # goal of the OpenVINO INT8 rows over ORT FP32 (None: goal_speedup)
+    torch_row: bool = True  # time the PyTorch FP32 model (torch families only)
+    # pipeline stages that make the Q/DQ ONNX of `recipe` (the ORT INT8 row and OpenVINO source modelopt)
+    int8_stages: tuple[str, ...] = ("quantize", "export")
+    int8_description: str = "ORT INT8, modelopt Q/DQ (TensorRT export)"
+    surgery: str | None = None  # conf/surgery name applied to the Q/DQ ONNX for OpenVINO source `surgered`
+    fidelity: str = "scores"  # one of FIDELITY_KINDS
 
     def goals(self) -> dict[str, float]:
         """Per backend with its own goal: the OpenVINO INT8 rows (the others use `goal_speedup`)."""
@@ -112,7 +129,17 @@ class BenchSettings:
             "timing_images": max(self.batches),
             "threads": self.threads,
             "nncf": dataclasses.asdict(self.nncf),
+            **({} if self.torch_row else {"torch_row": False}),
+            **({} if self.int8_stages == ("quantize", "export") else {"int8_stages": list(self.int8_stages)}),
+            **({"surgery": self.surgery} if self.surgery else {}),
+            **({} if self.fidelity == "scores" else {"fidelity": self.fidelity}),
         }
+
+
+def bench_config(model: str | None) -> Path:
+    """`conf/bench_<model>.yaml` when the model has its own benchmark config, else `conf/bench.yaml`."""
+    own = CONF_DIR / f"bench_{model}.yaml"
+    return own if model and own.is_file() else BENCH_CONFIG
 
 
 def _path(value: Any) -> Path | None:
@@ -168,9 +195,23 @@ def _checked(raw: Mapping[str, Any]) -> BenchSettings:
     unknown = sorted(set(profile_rows) - set(rows))
     if unknown:
         raise UserError(f"openvino.profile_rows {unknown} are not OpenVINO rows; use names of openvino.rows")
-    from rtq.models.registry import get_variant
+    fidelity = str(raw.get("fidelity") or "scores")
+    if fidelity not in FIDELITY_KINDS:
+        raise UserError(f"fidelity: {fidelity!r} is unknown; use one of {', '.join(FIDELITY_KINDS)}")
+    surgery = raw.get("surgery") or None
+    if surgery is None and any(row.source == "surgered" for row in rows.values()):
+        raise UserError("openvino rows of source surgered need `surgery` (a conf/surgery name) in the config")
+    if surgery is not None and not (CONF_DIR / "surgery" / f"{surgery}.yaml").is_file():
+        raise UserError(f"surgery: {surgery!r}: no conf/surgery/{surgery}.yaml")
+    torch_row = bool(raw.get("torch", True))
+    model = str(raw["model"])
+    if not (CONF_DIR / "model" / f"{model}.yaml").is_file():
+        known = ", ".join(sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml")))
+        raise UserError(f"unknown model name {model!r} (--model): not in conf/model; use one of {known}")
+    if torch_row:
+        from rtq.models.registry import get_variant
 
-    get_variant(str(raw["model"]))
+        get_variant(str(raw["model"]))
     return BenchSettings(
         model=str(raw["model"]),
         checkpoint=_path(raw["checkpoint"]),
@@ -192,6 +233,11 @@ def _checked(raw: Mapping[str, Any]) -> BenchSettings:
         profile_rows=profile_rows,
         profile_top=int(openvino.get("profile_top") or 20),
         openvino_goal=None if openvino.get("goal_speedup") is None else float(openvino["goal_speedup"]),
+        torch_row=torch_row,
+        int8_stages=tuple(str(s) for s in raw.get("int8_stages") or ("quantize", "export")),
+        int8_description=str(raw.get("int8_description") or BenchSettings.int8_description),
+        surgery=None if surgery is None else str(surgery),
+        fidelity=fidelity,
     )
 
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from rtq.errors import UserError
-from rtq.quant.recipes import Recipe, check_module_globs, to_quant_cfg
+from rtq.quant.recipes import Recipe, check_module_globs, prepare_model, to_quant_cfg
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +138,11 @@ def quantize(
 ) -> nn.Module:
     """Fake-quantize a deep copy of `model` with `recipe`, calibrated on `feeds` (feed dicts).
 
-    Checks the recipe's module globs, inserts quantizers, calibrates (finishing histogram methods
-    here), then snaps calibrated weights to the INT8 grid. `model` stays FP32 unless `in_place`,
-    which quantizes and returns `model` itself. Raises `NothingToQuantize` when the recipe leaves
-    nothing quantized.
+    Splits attention if the recipe asks (`split_attention`), checks the recipe's module globs,
+    inserts quantizers, calibrates (finishing histogram methods here), then snaps calibrated weights
+    to the INT8 grid. `model` stays FP32 unless `in_place`, which quantizes and returns `model`
+    itself (attention split in it too). Raises `NothingToQuantize` when the recipe leaves nothing
+    quantized.
     """
     import modelopt.torch.quantization as mtq
     from modelopt.torch.quantization.model_calib import enable_stats_collection
@@ -153,8 +154,8 @@ def quantize(
             f"recipe {recipe.name!r}: the calibration set is empty; point data.calib.source at a folder "
             "of images"
         )
-    check_module_globs(recipe, model)
-    target = model if in_place else copy.deepcopy(model)
+    target = prepare_model(model if in_place else copy.deepcopy(model), recipe)
+    check_module_globs(recipe, target)
     target.eval()
     config = to_quant_cfg(recipe)
     forward_loop = make_forward_loop(batches, progress)

@@ -5,6 +5,11 @@ modelopt preset to start from (`base: INT8_DEFAULT_CFG`: per-channel weights on 
 inputs, max calibration), then an ordered list of quantizer rules and exclusions that are appended
 to the preset's entries (later entries win, as in modelopt), and the calibration settings.
 
+`split_attention: true` swaps every `nn.MultiheadAttention` of the model for
+`rtq.models.attention.LinearMultiheadAttention` (weights copied) before quantizers go in, so its
+q/k/v/out projections are quantized like other Linears (`*self_attn.q_proj` etc. in globs); the FP32
+model and its checkpoint layout stay as they are.
+
 A rule's `modules` glob is matched against module names (`backbone.*`,
 `*cross_attn.sampling_offsets`) and applies to the matched modules and everything below them;
 `quantizer` picks `input`, `weight`, `output` or `*` quantizers. Globs are checked against the
@@ -42,7 +47,7 @@ QUANTIZER_KINDS = ("input", "weight", "output", "*")
 CALIBRATORS = ("max", "histogram")
 ATTRIBUTE_KEYS = ("num_bits", "axis", "calibrator")
 RULE_KEYS = {"modules", "quantizer", "parent_class", "enable", *ATTRIBUTE_KEYS}
-RECIPE_KEYS = {"name", "description", "base", "quantizers", "exclude", "calib"}
+RECIPE_KEYS = {"name", "description", "base", "quantizers", "exclude", "calib", "split_attention"}
 CALIBRATION_KEYS = {"method", "percentile", "max_images", "batch_size", "source"}
 
 
@@ -94,6 +99,7 @@ class Recipe:
     exclude: tuple[str, ...]
     calib: CalibrationSettings
     description: str = ""
+    split_attention: bool = False  # swap nn.MultiheadAttention for Linear projections before quantizing
 
     @property
     def histogram_method(self) -> str | None:
@@ -210,6 +216,9 @@ def recipe_from_dict(raw: Mapping[str, Any], name: str | None = None) -> Recipe:
     if not isinstance(exclude, list) or not all(isinstance(g, str) and g for g in exclude):
         raise UserError(f"recipe {recipe_name!r}: `exclude` must be a list of module globs, got {exclude!r}")
     calib = _parse_calibration(raw.get("calib"), recipe_name)
+    split = raw.get("split_attention", False)
+    if not isinstance(split, bool):
+        raise UserError(f"recipe {recipe_name!r}: split_attention={split!r} must be true or false")
     recipe = Recipe(
         name=recipe_name,
         base=raw.get("base"),
@@ -217,6 +226,7 @@ def recipe_from_dict(raw: Mapping[str, Any], name: str | None = None) -> Recipe:
         exclude=tuple(exclude),
         calib=calib,
         description=str(raw.get("description", "")),
+        split_attention=split,
     )
     _check_calibrators(recipe)
     return recipe
@@ -279,8 +289,22 @@ def _glob_hits(glob: str, parent: type[nn.Module] | None, modules: Mapping[str, 
     return False
 
 
+def prepare_model(model: nn.Module, recipe: Recipe) -> nn.Module:
+    """`model` in the form the recipe quantizes, changed in place: attention split if it asks for it."""
+    if recipe.split_attention:
+        from rtq.models.attention import split_attention
+
+        split_attention(model)
+    return model
+
+
 def check_module_globs(recipe: Recipe, model: nn.Module) -> None:
-    """Every rule and exclusion glob must match a module of the model (of its parent_class if set)."""
+    """Every rule and exclusion glob must match a module of the model (of its parent_class if set).
+
+    `model` may be the FP32 model: with `split_attention` the globs are checked on its split form.
+    """
+    if recipe.split_attention and any(isinstance(m, nn.MultiheadAttention) for m in model.modules()):
+        model = prepare_model(copy.deepcopy(model), recipe)
     modules = {name: module for name, module in model.named_modules() if name}
     for glob, parent_name in recipe.module_globs():
         parent = resolve_parent_class(parent_name) if parent_name else None

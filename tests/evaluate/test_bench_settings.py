@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from rtq.errors import UserError
-from rtq.evaluate.bench_settings import BENCH_CONFIG, load_settings
-from rtq.paths import PROJECT_ROOT, SHARED_DIR
+from rtq.evaluate.bench_settings import BENCH_CONFIG, bench_config, load_settings
+from rtq.paths import CONF_DIR, PROJECT_ROOT, SHARED_DIR
 
 
 def test_defaults_come_from_the_yaml_with_project_paths_resolved() -> None:
@@ -65,6 +65,51 @@ def test_openvino_rows_take_the_compile_settings_with_their_overrides() -> None:
 def test_bad_openvino_sections_are_user_errors(tmp_path: Path, old: str, new: str, message: str) -> None:
     config = tmp_path / "bench.yaml"
     text = BENCH_CONFIG.read_text()
+    assert old in text
+    config.write_text(text.replace(old, new, 1))
+    with pytest.raises(UserError, match=message):
+        load_settings(config=config)
+
+
+YOLOX_CONFIG = CONF_DIR / "bench_yolox_nano.yaml"
+
+
+def test_yolox_config_is_onnx_only_with_the_pipeline_int8_chain_and_surgered_openvino_row() -> None:
+    assert bench_config("yolox_nano") == YOLOX_CONFIG and bench_config("rtdetrv2_r18vd") == BENCH_CONFIG
+    settings = load_settings(config=YOLOX_CONFIG)
+    assert settings.model == "yolox_nano" and settings.torch_row is False and settings.checkpoint is None
+    assert settings.recipe == "onnx_int8_max" and settings.int8_stages == ("export", "quantize_onnx")
+    assert settings.surgery == "openvino_unsigned_concat" and settings.fidelity == "raw"
+    assert settings.ort_variants == {} and settings.batches == (1, 4)
+    rows = settings.openvino
+    assert {name: row.source for name, row in rows.items()} == {
+        "ov_fp32": "fp32", "ov_int8": "surgered", "ov_int8_nncf": "nncf"
+    }
+    # the surgered file computes what the Q/DQ file does: ORT INT8 on that file is its reference
+    assert rows["ov_int8"].source_backend == "ort_int8_modelopt"
+    assert settings.nncf.preset == "performance" and settings.nncf.model_type == "none"
+    assert settings.goals() == {"ov_int8": 1.5, "ov_int8_nncf": 1.5}
+    assert settings.out.name == "bench_yolox_nano.md"
+    assert settings.layers_path.name == "bench_yolox_nano.openvino_layers.md"
+    figures = settings.figures()
+    assert figures["torch_row"] is False and figures["surgery"] == "openvino_unsigned_concat"
+    assert figures["int8_stages"] == ["export", "quantize_onnx"] and figures["fidelity"] == "raw"
+    rtdetr = load_settings().figures()  # RT-DETR's figures keep their keys
+    assert not {"torch_row", "surgery", "int8_stages", "fidelity"} & set(rtdetr)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("surgery: openvino_unsigned_concat", "surgery: null", "source surgered need `surgery`"),
+        ("surgery: openvino_unsigned_concat", "surgery: no_such_pass", "no conf/surgery/no_such_pass.yaml"),
+        ("fidelity: raw", "fidelity: ap", "fidelity: 'ap' is unknown"),
+        ("model: yolox_nano", "model: yolox_huge", "unknown model name 'yolox_huge'"),
+    ],
+)
+def test_bad_yolox_settings_are_user_errors(tmp_path: Path, old: str, new: str, message: str) -> None:
+    config = tmp_path / "bench.yaml"
+    text = YOLOX_CONFIG.read_text()
     assert old in text
     config.write_text(text.replace(old, new, 1))
     with pytest.raises(UserError, match=message):

@@ -72,3 +72,33 @@ def test_recipe_glob_matching_nothing_is_a_user_error() -> None:
     recipe = recipe_from_dict({"name": "typo", "base": "INT8_DEFAULT_CFG", "exclude": ["*thrid"]})
     with pytest.raises(UserError, match=r"'\*thrid'"):
         quantize(_model(), recipe, _feeds())
+
+
+class SelfAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 8, 1)
+        self.self_attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(images).flatten(2).transpose(1, 2)
+        return self.self_attn(tokens, tokens, tokens, need_weights=False)[0]
+
+
+def test_split_attention_quantizes_the_attention_projections() -> None:
+    from rtq.models.attention import LinearMultiheadAttention
+
+    torch.manual_seed(0)
+    model = SelfAttention().eval()
+    plain = quantize(model, load_recipe("int8_default"), _feeds())
+    split = quantize(model, load_recipe("int8_attention"), _feeds())
+    assert isinstance(model.self_attn, nn.MultiheadAttention)  # the FP32 model keeps its form
+    assert isinstance(plain.self_attn, nn.MultiheadAttention)
+    assert isinstance(split.self_attn, LinearMultiheadAttention)
+    for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+        proj = split.self_attn.get_submodule(name)
+        for quantizer in (proj.input_quantizer, proj.weight_quantizer):
+            assert quantizer.is_enabled and quantizer.amax is not None, name
+    images = torch.from_numpy(_feeds(1)[0]["images"])
+    with torch.no_grad():
+        assert (split(images) - model(images)).abs().max() < 0.1  # INT8 noise, not a different network

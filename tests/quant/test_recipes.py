@@ -19,7 +19,7 @@ from rtq.quant.recipes import (
 )
 
 SHIPPED = ["int8_default", "int8_histogram", "int8_linear_per_axis", "int8_offsets_float",
-           "int8_no_backbone", "int8_no_decoder"]
+           "int8_no_backbone", "int8_no_decoder", "int8_attention"]
 PRESET_LEN = len(mtq.INT8_DEFAULT_CFG["quant_cfg"])
 
 
@@ -141,3 +141,27 @@ def test_unknown_recipe_name_lists_shipped_ones() -> None:
 
 def test_every_method_has_a_modelopt_route() -> None:
     assert set(CALIBRATION_METHODS) == {"max", "percentile", "entropy", "mse"}
+
+
+class WithAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+
+def test_split_attention_recipe_key() -> None:
+    recipe = load_recipe("int8_attention")
+    assert recipe.split_attention and recipe.base == "INT8_DEFAULT_CFG"
+    assert to_quant_cfg(recipe) == to_quant_cfg(load_recipe("int8_default"))  # only the model form differs
+    assert not load_recipe("int8_default").split_attention
+    with pytest.raises(UserError, match="split_attention"):
+        recipe_from_dict({"name": "x", "split_attention": "yes"})
+
+
+def test_split_attention_globs_are_checked_on_the_split_form() -> None:
+    raw = {"name": "x", "base": "INT8_DEFAULT_CFG", "exclude": ["*self_attn.q_proj"]}
+    model = WithAttention()
+    check_module_globs(recipe_from_dict({**raw, "split_attention": True}), model)
+    assert isinstance(model.self_attn, nn.MultiheadAttention)  # checked on a copy
+    with pytest.raises(UserError, match="q_proj"):
+        check_module_globs(recipe_from_dict(raw), model)

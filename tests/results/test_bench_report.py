@@ -13,6 +13,7 @@ from rtq.evaluate.bench_settings import load_settings
 from rtq.evaluate.environment import cpu_description
 from rtq.evaluate.ort_profile import profile_graph
 from rtq.evaluate.timing import Timing
+from rtq.paths import CONF_DIR
 from rtq.results.analysis import ANALYSIS_HEADING, analysis_section
 from rtq.results.bench_figures import bench_figures
 from rtq.results.bench_report import render_report, timing_markdown
@@ -141,3 +142,29 @@ def test_figures_group_openvino_settings_fidelity_and_profile() -> None:
     assert row["paired_speedup"]["b4"]["median"] == pytest.approx(0.40 / 0.125) and row["meets_goal"] is True
     assert "openvino" not in figures["ort_fp32"] and row["goal_speedup"] == 3.0
     assert row["paired_vs"]["ov_nncf"]["b1"]["median"] == pytest.approx(2.0)
+
+
+RAW = {"relative_l2": 0.05, "max_abs_diff": 3.5, "matched": 9, "reference_detections": 10,
+       "matched_fraction": 0.9, "target_matched_fraction": 0.75, "score_abs_error_max": 0.12,
+       "score_abs_error_mean": 0.03, "target_detections": 12, "iou_threshold": 0.5,
+       "selection": "score >= 0.3"}
+
+
+def test_yolox_report_has_no_torch_row_and_raw_fidelity_tables(tmp_path: Path) -> None:
+    settings = load_settings({"out": tmp_path / "bench.md"}, config=CONF_DIR / "bench_yolox_nano.yaml")
+    timings, descriptions = _with_openvino_rows()
+    openvino = {"ov_int8": {**OPENVINO["ov_int8"], "source": "surgered",
+                            "file": "model.unsigned_activations.onnx",
+                            "fidelity_vs_source": {"source": "ort_int8_modelopt", **RAW}}}
+    report = render_report(settings, "python -m rtq.bench --model yolox_nano", _environment(), timings,
+                           descriptions, {}, {"ort_int8_modelopt": RAW, "ov_int8": RAW}, {},
+                           openvino=openvino, layers_file="bench.openvino_layers.md")
+    assert report.startswith("# CPU benchmark: yolox_nano, ONNX Runtime FP32/INT8 vs OpenVINO FP32/INT8")
+    assert "PyTorch FP32" not in report and ", torch " not in report
+    assert "- model: the ONNX file of `yolox_nano` (weights in it), no PyTorch row" in report
+    assert "pipeline stages ['export', 'quantize_onnx']" in report and "`openvino_unsigned_concat`" in report
+    assert "| OpenVINO INT8 | surgered: `model.unsigned_activations.onnx` | bf16 | LATENCY |" in report
+    assert "| OpenVINO INT8 | ORT INT8 | 0.0500 | 3.500 | 9/10 (0.90) | 0.25 | 0.1200 | 0.0300 |" in report
+    assert "| ORT INT8 | 0.0500 | 3.500 | 9/10 (0.90) | 0.25 | 0.1200 | 0.0300 |" in report
+    assert "relative L2 = ||x - ref|| / ||ref||" in report and "IoU >= 0.5" in report
+    assert "(paired median meets the 1.5x goal)" in report  # the YOLOX OpenVINO goal
