@@ -106,7 +106,19 @@ def build_artifacts(settings: BenchSettings) -> BenchArtifacts:
         assert chain.artifacts.surgered_onnx is not None
         onnx_of["surgered"] = chain.artifacts.surgered_onnx
         artifacts.sources[f"surgery {settings.surgery}"] = made
+    for recipe in sorted({row.recipe for row in settings.openvino.values() if row.recipe}):
+        chain, made = _run_chain(
+            settings,
+            f"int8_{recipe}",
+            [f"quant={recipe}", *calib, f"stages=[{','.join(settings.int8_stages)}]"],
+        )
+        assert chain.artifacts.qdq_onnx is not None
+        onnx_of[f"recipe:{recipe}"] = chain.artifacts.qdq_onnx
+        artifacts.sources[f"recipe {recipe}"] = made
     for name, row in settings.openvino.items():
+        if row.recipe:
+            artifacts.openvino_onnx[name] = artifacts.openvino[name] = onnx_of[f"recipe:{row.recipe}"]
+            continue
         artifacts.openvino_onnx[name] = onnx_of[row.source]
         if row.source == "nncf":
             from rtq.evaluate.bench_openvino import nncf_ir

@@ -38,7 +38,10 @@ FIGURE_GROUPS = ("settings", "environment", "goal_speedup", "reference")
 # configured `surgery` (numerically the same graph), or NNCF's PTQ of the FP32 ONNX; and the ORT
 # backend running the ONNX it came from (its fidelity is measured against that one).
 OPENVINO_SOURCES = {
-    "fp32": REFERENCE, "modelopt": MODELOPT_INT8, "surgered": MODELOPT_INT8, "nncf": REFERENCE
+    "fp32": REFERENCE,
+    "modelopt": MODELOPT_INT8,
+    "surgered": MODELOPT_INT8,
+    "nncf": REFERENCE,
 }
 # How backends' outputs are compared: `scores` (RT-DETR's sorted top-K scores and top-1 labels,
 # `score_fidelity_report`) or `raw` (relative L2 of every float output, plus the decoded detections
@@ -58,11 +61,14 @@ class OpenVinoRow:
     # parallel infer requests a batch is split across (batch-first chunks); 1: one synchronous call.
     # With the THROUGHPUT hint each request runs on its own stream (num_threads / streams threads).
     requests: int = 1
+    # source modelopt only: another conf/quant recipe than the bench's (e.g. a recipe tried for speed)
+    recipe: str | None = None
 
     @property
     def source_backend(self) -> str:
-        """The ORT backend that runs this row's ONNX source: the fidelity reference of the row."""
-        return OPENVINO_SOURCES[self.source]
+        """The ORT backend that runs this row's ONNX source: the fidelity reference of the row (FP32
+        for a row of its own recipe: ORT does not time that file)."""
+        return REFERENCE if self.recipe else OPENVINO_SOURCES[self.source]
 
 
 @dataclass(frozen=True)
@@ -247,7 +253,7 @@ def openvino_rows(section: Mapping[str, Any], threads: int) -> dict[str, OpenVin
     rows = {}
     for name, entry in (section.get("rows") or {}).items():
         entry = dict(entry or {})
-        unknown = sorted(set(entry) - {"source", "description", "requests", *COMPILE_KEYS})
+        unknown = sorted(set(entry) - {"source", "description", "requests", "recipe", *COMPILE_KEYS})
         if unknown or entry.get("source") not in OPENVINO_SOURCES:
             raise UserError(
                 f"openvino row '{name}': needs source one of {sorted(OPENVINO_SOURCES)} (got "
@@ -260,10 +266,18 @@ def openvino_rows(section: Mapping[str, Any], threads: int) -> dict[str, OpenVin
         requests = int(entry.get("requests") or 1)
         if requests < 1:
             raise UserError(f"openvino row '{name}': requests={requests} must be at least 1")
+        recipe = entry.get("recipe")
+        if recipe is not None and (
+            entry["source"] != "modelopt" or not (CONF_DIR / "quant" / f"{recipe}.yaml").is_file()
+        ):
+            raise UserError(
+                f"openvino row '{name}': recipe={recipe!r} needs source modelopt and conf/quant/{recipe}.yaml"
+            )
         rows[str(name)] = OpenVinoRow(
             source=str(entry["source"]),
             settings=OpenVinoSettings.from_mapping(compile_settings),
             description=str(entry.get("description") or name),
             requests=requests,
+            recipe=None if recipe is None else str(recipe),
         )
     return rows

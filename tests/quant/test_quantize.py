@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -102,3 +104,22 @@ def test_split_attention_quantizes_the_attention_projections() -> None:
     images = torch.from_numpy(_feeds(1)[0]["images"])
     with torch.no_grad():
         assert (split(images) - model(images)).abs().max() < 0.1  # INT8 noise, not a different network
+
+
+def test_split_attention_model_restores_onto_the_prepared_fp32_model(tmp_path: Path) -> None:
+    """What the quantize stage's cache does: `mto.restore` needs the split form to restore into."""
+    import copy
+
+    import modelopt.torch.opt as mto
+
+    from rtq.quant.recipes import prepare_model
+
+    torch.manual_seed(0)
+    model = SelfAttention().eval()
+    recipe = load_recipe("int8_attention")
+    split = quantize(model, recipe, _feeds())
+    mto.save(split, str(tmp_path / "state.pth"))
+    restored = mto.restore(prepare_model(copy.deepcopy(model), recipe), str(tmp_path / "state.pth")).eval()
+    images = torch.from_numpy(_feeds(1)[0]["images"])
+    with torch.no_grad():
+        assert torch.equal(restored(images), split(images))
