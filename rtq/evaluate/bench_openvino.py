@@ -141,17 +141,51 @@ def openvino_records(settings: BenchSettings, paths: Mapping[str, Path]) -> dict
     }
 
 
-def _profile_figures(layers: list[Any]) -> dict[str, Any]:
-    """Total time and each layer type x precision's share of it, JSON-ready (keys `Type_precision`)."""
+def _conv_groups(onnx_path: Path) -> dict[str, str]:
+    """ONNX Conv node -> "depthwise" (one input channel per group) or "dense"."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(onnx_path)).graph
+    weights = {t.name: tuple(t.dims) for t in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+    kinds = {}
+    for node in graph.node:
+        if node.op_type != "Conv":
+            continue
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        source = node.input[1]
+        while source not in weights and source in producer and producer[source].input:
+            if producer[source].op_type == "Constant":
+                weights[source] = tuple(numpy_helper.to_array(producer[source].attribute[0].t).shape)
+                break
+            source = producer[source].input[0]  # through DequantizeLinear / QuantizeLinear
+        shape = weights.get(source, ())
+        kinds[node.name] = "depthwise" if group > 1 and len(shape) > 1 and shape[1] == 1 else "dense"
+    return kinds
+
+
+def _profile_figures(layers: list[Any], conv_kinds: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Total time and each layer type x precision's share of it, JSON-ready (keys `Type_precision`),
+    and Convolution time split into depthwise and dense (`conv_ms`, `conv_layers`: keys
+    `depthwise_u8`, `dense_f32`, ...): depthwise convolutions gain little from INT8 on CPUs."""
     spent: dict[str, float] = defaultdict(float)
+    conv_ms: dict[str, float] = defaultdict(float)
+    conv_layers: dict[str, int] = defaultdict(int)
     for layer in layers:
         spent[f"{layer.type}_{layer.precision}"] += layer.time_us or 0.0
+        if layer.type == "Convolution" and conv_kinds:
+            kind = next((conv_kinds[n] for n in layer.onnx_nodes if n in conv_kinds), "dense")
+            conv_ms[f"{kind}_{layer.precision}"] += (layer.time_us or 0.0) / 1000.0
+            conv_layers[f"{kind}_{layer.precision}"] += 1
     total = sum(spent.values())
     ordered = sorted(spent.items(), key=lambda kv: -kv[1])
     return {
         "total_ms": total / 1000.0,
         "share": {key: (value / total if total else 0.0) for key, value in ordered},
         "ms": {key: value / 1000.0 for key, value in ordered},
+        "conv_ms": dict(conv_ms),
+        "conv_layers": dict(conv_layers),
     }
 
 
@@ -186,7 +220,7 @@ def layer_profiles(
         for _ in range(PROFILE_CALLS + 1):
             request.infer(inputs)
         layers = runtime_layers(compiled, onnx_sources[name])
-        figures[name] = _profile_figures(layers)
+        figures[name] = _profile_figures(layers, _conv_groups(onnx_sources[name]))
         title = f"{descriptions.get(name, name)} (`{name}`, {row.settings.inference_precision} float parts)"
         body = inspection_markdown(
             layers, onnx_op_types(onnx_sources[name]), title=title, top=settings.profile_top

@@ -93,9 +93,7 @@ def _fidelity(
         return score_fidelity_report(reference, other)
 
     fidelity = {
-        name: score(outputs[REFERENCE], output)
-        for name, output in outputs.items()
-        if name != REFERENCE
+        name: score(outputs[REFERENCE], output) for name, output in outputs.items() if name != REFERENCE
     }
     vs_source = {
         name: {"source": row.source_backend, **score(outputs[row.source_backend], outputs[name])}
@@ -103,6 +101,20 @@ def _fidelity(
         if name in outputs and row.source_backend in outputs
     }
     return fidelity, vs_source
+
+
+def _coco_ap(runners: dict[str, BaseRunner], io: Any, settings: BenchSettings) -> dict[str, dict[str, float]]:
+    """COCO bbox AP / AP50 of every row on the timing images' folder (batch 1), for the report's figures."""
+    from rtq.data.coco import CocoDataset
+    from rtq.evaluate.loop import evaluate_detector
+
+    dataset = CocoDataset(settings.images)
+    out = {}
+    for name, runner in runners.items():
+        log.info("COCO AP of %s on %d images", name, len(dataset.images))
+        result = evaluate_detector(runner, io, dataset, 1, progress=False)
+        out[name] = {"coco_ap": float(result.stats["ap"]), "coco_ap50": float(result.stats["ap50"])}
+    return out
 
 
 def run_bench(settings: BenchSettings, command: str) -> str:
@@ -151,6 +163,7 @@ def run_bench(settings: BenchSettings, command: str) -> str:
     timings = interleaved_timing(runners, feeds, warmup=settings.warmup, iterations=settings.iterations)
     feed, metas = prepared[max(settings.batches)]
     fidelity, vs_source = _fidelity(runners, feed, settings, io=io, metas=metas)
+    coco = _coco_ap(runners, io, settings) if settings.coco_ap else {}
     log.info("profiling OpenVINO layers of %s", list(settings.profile_rows))
     layers_md, layer_figures = layer_profiles(
         settings, artifacts.openvino, artifacts.openvino_onnx, feeds[min(settings.batches)], descriptions
@@ -181,6 +194,8 @@ def run_bench(settings: BenchSettings, command: str) -> str:
         openvino=openvino,
         goals=settings.goals(),
     )
+    for name, stats in coco.items():
+        figures[name]["coco"] = stats
     if settings.profile_rows:
         write_atomic(settings.layers_path, layers_md)
     write_atomic(settings.figures_path, json.dumps(figures, indent=2) + "\n")

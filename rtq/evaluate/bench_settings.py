@@ -101,6 +101,8 @@ class BenchSettings:
     int8_description: str = "ORT INT8, modelopt Q/DQ (TensorRT export)"
     surgery: str | None = None  # conf/surgery name applied to the Q/DQ ONNX for OpenVINO source `surgered`
     fidelity: str = "scores"  # one of FIDELITY_KINDS
+    # COCO AP of every row on `images` (after the timing): speed and accuracy of one file side by side
+    coco_ap: bool = False
 
     def goals(self) -> dict[str, float]:
         """Per backend with its own goal: the OpenVINO INT8 rows (the others use `goal_speedup`)."""
@@ -244,6 +246,7 @@ def _checked(raw: Mapping[str, Any]) -> BenchSettings:
         int8_description=str(raw.get("int8_description") or BenchSettings.int8_description),
         surgery=None if surgery is None else str(surgery),
         fidelity=fidelity,
+        coco_ap=bool(raw.get("coco_ap", False)),
     )
 
 

@@ -44,7 +44,10 @@ def test_openvino_rows_take_the_compile_settings_with_their_overrides() -> None:
     assert [rows[n].source_backend for n in ("ov_fp32", "ov_int8_modelopt", "ov_int8_nncf")] == [
         "ort_fp32", "ort_int8_modelopt", "ort_fp32"
     ]
-    assert settings.profile_rows == ("ov_int8_modelopt", "ov_int8_nncf")
+    assert settings.profile_rows == ("ov_int8_modelopt", "ov_int8_attention", "ov_int8_nncf")
+    # a row of its own recipe: ORT does not time that file, so its fidelity reference is FP32
+    assert rows["ov_int8_attention"].recipe == "int8_attention"
+    assert rows["ov_int8_attention"].source_backend == "ort_fp32"
     assert settings.nncf.preset == "mixed" and settings.nncf.model_type == "transformer"
     assert settings.layers_path.name == "bench_rtdetrv2_r18vd.openvino_layers.md"
     assert settings.figures()["nncf"]["model_type"] == "transformer"
@@ -60,6 +63,7 @@ def test_openvino_rows_take_the_compile_settings_with_their_overrides() -> None:
         ("profile_rows: [ov_int8_modelopt", "profile_rows: [ov_missing", r"profile_rows \['ov_missing'\]"),
         ("preset: mixed", "preset: fastest", "openvino.nncf.preset='fastest'"),
         ("    ov_fp32:", "    ort_fp32:", r"openvino.rows \['ort_fp32'\]"),
+        ("recipe: int8_attention\n      description", "recipe: nope\n      description", "recipe='nope' needs"),
     ],
 )
 def test_bad_openvino_sections_are_user_errors(tmp_path: Path, old: str, new: str, message: str) -> None:
@@ -80,6 +84,7 @@ def test_yolox_config_is_onnx_only_with_the_pipeline_int8_chain_and_surgered_ope
     assert settings.model == "yolox_nano" and settings.torch_row is False and settings.checkpoint is None
     assert settings.recipe == "onnx_int8_max" and settings.int8_stages == ("export", "quantize_onnx")
     assert settings.surgery == "openvino_unsigned_concat" and settings.fidelity == "raw"
+    assert settings.coco_ap and not load_settings().coco_ap  # AP beside speed for YOLOX's real weights
     assert settings.ort_variants == {} and settings.batches == (1, 4)
     rows = settings.openvino
     assert {name: row.source for name, row in rows.items()} == {
