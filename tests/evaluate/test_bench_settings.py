@@ -63,7 +63,7 @@ def test_openvino_rows_take_the_compile_settings_with_their_overrides() -> None:
         ("profile_rows: [ov_int8_modelopt", "profile_rows: [ov_missing", r"profile_rows \['ov_missing'\]"),
         ("preset: mixed", "preset: fastest", "openvino.nncf.preset='fastest'"),
         ("    ov_fp32:", "    ort_fp32:", r"openvino.rows \['ort_fp32'\]"),
-        ("recipe: int8_attention\n      description", "recipe: nope\n      description", "recipe='nope' needs"),
+        ("recipe: int8_attention\n      desc", "recipe: nope\n      desc", "recipe=.nope. needs"),
     ],
 )
 def test_bad_openvino_sections_are_user_errors(tmp_path: Path, old: str, new: str, message: str) -> None:
