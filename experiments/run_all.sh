@@ -18,13 +18,13 @@ mkdir -p runs/experiments
 common=("results.store=$STORE" "evaluate.sweep_batches=[1,4]" "evaluate.iterations=3")
 rtdetr=("model.checkpoint=$CKPT" "data.max_images=16" "quant.calib.max_images=16" "quant.calib.batch_size=4"
         "compare.num_images=2")
-for exp in fp32_torch fp32_onnx; do
+for exp in fp32_torch fp32_onnx openvino_fp32; do
   $PY -m rtq.run experiment=$exp "model.checkpoint=$CKPT" data.max_images=16 "${common[@]}"
 done
 for exp in int8_default int8_histogram int8_offsets_float int8_no_backbone int8_extra_outputs int8_fused_plugin; do
   $PY -m rtq.run experiment=$exp "${rtdetr[@]}" "${common[@]}"
 done
-for exp in openvino_fp32 openvino_int8_default openvino_int8_direct openvino_int8_extra_outputs; do
+for exp in openvino_int8_default openvino_int8_direct openvino_int8_extra_outputs; do
   $PY -m rtq.run experiment=$exp "${rtdetr[@]}" "${common[@]}"
 done
 for exp in yolox_fp32 yolox_fp32_capped yolox_int8_all_max yolox_int8_all_entropy yolox_int8_ops_float \
