@@ -38,8 +38,10 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchSettings:
     parser.add_argument("--no-ort-variant", action="store_true", help="skip the ORT-oriented INT8 variants")
     parser.add_argument("--cache-dir", type=Path)
     parser.add_argument("--out", type=Path, help="report path; figures and analysis sit beside it")
+    parser.add_argument("--analysis-only", action="store_true", help="re-render the analysis only")
     args = vars(parser.parse_args(argv))
     skip_variants = args.pop("no_ort_variant")
+    args.pop("analysis_only")
     config = args.pop("config") or bench_config(args["model"])
     settings = load_settings(args, config=config)
     return dataclasses.replace(settings, ort_variants={}) if skip_variants else settings
@@ -47,11 +49,14 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchSettings:
 
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
-    from rtq.evaluate.bench_run import run_bench
+    from rtq.evaluate.bench_run import rerender_analysis, run_bench
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = list(sys.argv[1:] if argv is None else argv)
     settings = parse_args(args)
+    if "--analysis-only" in args:
+        print(f"analysis re-rendered into {rerender_analysis(settings)}")
+        return
     command = "python -m rtq.bench " + " ".join(shlex.quote(a) for a in args)
     report = run_bench(settings, command.strip())
     print(report)

@@ -17,6 +17,7 @@ import json
 import logging
 import tempfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -115,6 +116,21 @@ def _coco_ap(runners: dict[str, BaseRunner], io: Any, settings: BenchSettings) -
         result = evaluate_detector(runner, io, dataset, 1, progress=False)
         out[name] = {"coco_ap": float(result.stats["ap"]), "coco_ap50": float(result.stats["ap50"])}
     return out
+
+
+def rerender_analysis(settings: BenchSettings) -> Path:
+    """Re-render the hand-written analysis of the last report from the figures its run wrote (no
+    timing): the prose may change, every number stays that run's."""
+    from rtq.results.analysis import ANALYSIS_HEADING
+
+    if not settings.out.is_file() or not settings.figures_path.is_file():
+        raise UserError(
+            f"no report {settings.out} with figures {settings.figures_path}; run the benchmark first"
+        )
+    head = settings.out.read_text().split(ANALYSIS_HEADING)[0].rstrip("\n")
+    section = analysis_section(settings.analysis_path, json.loads(settings.figures_path.read_text()))
+    write_atomic(settings.out, f"{head}\n\n{section}" if section else f"{head}\n")
+    return settings.out
 
 
 def run_bench(settings: BenchSettings, command: str) -> str:
