@@ -7,7 +7,7 @@ one such as YOLOX's), so the benchmark times exactly what `python -m rtq.run` de
 its cache; with a `surgery` configured, the same chain plus stage `surgery` gives the surgered
 Q/DQ file (OpenVINO source `surgered`). The ORT-oriented INT8 files are ORT's own
 `quantize_static` of that FP32 export, one per configured `OrtVariant`; the OpenVINO rows compile
-one of those files, or NNCF's PTQ of the FP32 file (`rtq.evaluate.bench_openvino.nncf_ir`).
+one of those files, or NNCF's PTQ of the FP32 file (`nncf_ir`, OpenVINO IR).
 `build_artifacts` is the whole interface.
 """
 
@@ -115,18 +115,30 @@ def build_artifacts(settings: BenchSettings) -> BenchArtifacts:
         assert chain.artifacts.qdq_onnx is not None
         onnx_of[f"recipe:{recipe}"] = chain.artifacts.qdq_onnx
         artifacts.sources[f"recipe {recipe}"] = made
+    compiled_of = dict(onnx_of)  # what each source compiles: its ONNX, or NNCF's IR built from it once
+    if any(row.source == "nncf" for row in settings.openvino.values()):
+        compiled_of["nncf"] = nncf_ir(settings, cache, fp32_chain.detector, fp32, artifacts.sources)
     for name, row in settings.openvino.items():
-        if row.recipe:
-            artifacts.openvino_onnx[name] = artifacts.openvino[name] = onnx_of[f"recipe:{row.recipe}"]
-            continue
-        artifacts.openvino_onnx[name] = onnx_of[row.source]
-        if row.source == "nncf":
-            from rtq.evaluate.bench_openvino import nncf_ir
-
-            artifacts.openvino[name] = nncf_ir(settings, cache, fp32_chain.detector, fp32, artifacts.sources)
-        else:
-            artifacts.openvino[name] = onnx_of[row.source]
+        source = f"recipe:{row.recipe}" if row.recipe else row.source
+        artifacts.openvino_onnx[name], artifacts.openvino[name] = onnx_of[source], compiled_of[source]
     return artifacts
+
+
+def _fetch(
+    cache: ArtifactCache,
+    kind: str,
+    key: str,
+    filename: str,
+    build: Any,
+    sources: dict[str, str],
+    note: str = "",
+) -> Path:
+    """The cached artifact (built first when missing), its provenance recorded under `kind/key`."""
+    started = time.perf_counter()
+    path, hit = cache.fetch_or_make(kind, key, filename, build)
+    made = "cache" if hit else f"built in {time.perf_counter() - started:.0f} s"
+    sources[f"{kind}/{key}"] = f"{made}{note}"
+    return path
 
 
 def ort_int8_onnx(
@@ -157,7 +169,35 @@ def ort_int8_onnx(
             fp32_path, path, feeds, op_types=variant.op_types, float_scopes=variant.float_scopes
         )
 
-    started = time.perf_counter()
-    path, hit = cache.fetch_or_make("ort_qdq", key, "model.int8_ort.onnx", build)
-    sources[f"ort_qdq/{key}"] = "cache" if hit else f"built in {time.perf_counter() - started:.0f} s"
-    return path
+    return _fetch(cache, "ort_qdq", key, "model.int8_ort.onnx", build, sources)
+
+
+def nncf_ir(
+    settings: BenchSettings,
+    cache: ArtifactCache,
+    detector: Detector,
+    fp32_path: Path,
+    sources: dict[str, str],
+) -> Path:
+    """NNCF PTQ of the FP32 ONNX as OpenVINO IR (`model.xml` + `model.bin`), built or from the cache."""
+    import nncf
+    import openvino as ov
+
+    from rtq.data.calib import CalibrationImages
+    from rtq.quant.nncf_ptq import nncf_quantize
+
+    key = cache_key(
+        kind="nncf_ptq",
+        fp32=file_digest(fp32_path),
+        nncf_settings=settings.nncf.record(),
+        openvino=str(ov.get_version()),
+        source=str(settings.calib_source),
+        images=settings.calib_images,
+    )
+
+    def build(path: Path) -> None:
+        images = CalibrationImages(settings.calib_source, max_images=settings.calib_images)
+        feeds = [detector.io.preprocess([image])[0] for image in images]
+        nncf_quantize(fp32_path, path, feeds, settings.nncf)
+
+    return _fetch(cache, "nncf_ptq", key, "model.xml", build, sources, f" (nncf {nncf.__version__})")

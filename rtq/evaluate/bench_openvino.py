@@ -1,4 +1,4 @@
-"""The benchmark's OpenVINO rows: NNCF's PTQ artifact, the runners and the per-layer time profile.
+"""The benchmark's OpenVINO rows: the runners and the per-layer time profile.
 
 Each row compiles one model with the settings of `conf/bench.yaml` (`OpenVinoRow`): the FP32 ONNX,
 rtq's modelopt Q/DQ ONNX (the file ORT INT8 times), or NNCF's own PTQ of the FP32 ONNX, the peer a
@@ -21,55 +21,9 @@ import numpy as np
 from rtq.backends.openvino.compile import compile_model, onnx_io_names
 from rtq.backends.openvino.inspect import inspection_markdown, onnx_op_types, runtime_layers
 from rtq.backends.openvino.runner import OpenVinoRunner
-from rtq.cache import ArtifactCache, cache_key, file_digest
 from rtq.evaluate.bench_settings import BenchSettings, OpenVinoRow
-from rtq.models.family import Detector
 
 PROFILE_CALLS = 3  # untimed calls before the profiled one (first-call allocations, caches)
-
-
-def nncf_ir(
-    settings: BenchSettings,
-    cache: ArtifactCache,
-    detector: Detector,
-    fp32_path: Path,
-    sources: dict[str, str],
-) -> Path:
-    """NNCF PTQ of the FP32 ONNX as OpenVINO IR (`model.xml` + `model.bin`), built or from the cache."""
-    import nncf
-    import openvino as ov
-
-    from rtq.data.calib import CalibrationImages
-    from rtq.quant.nncf_ptq import nncf_quantize
-
-    key = cache_key(
-        kind="nncf_ptq",
-        fp32=file_digest(fp32_path),
-        nncf_settings=settings.nncf.record(),
-        openvino=str(ov.get_version()),
-        source=str(settings.calib_source),
-        images=settings.calib_images,
-    )
-
-    def build(path: Path) -> None:
-        images = CalibrationImages(settings.calib_source, max_images=settings.calib_images)
-        feeds = [detector.io.preprocess([image])[0] for image in images]
-        nncf_quantize(fp32_path, path, feeds, settings.nncf)
-
-    started = time.perf_counter()
-    path, hit = cache.fetch_or_make("nncf_ptq", key, "model.xml", build)
-    made = "cache" if hit else f"built in {time.perf_counter() - started:.0f} s"
-    sources[f"nncf_ptq/{key}"] = f"{made} (nncf {nncf.__version__})"
-    return path
-
-
-def _load(path: Path, row: OpenVinoRow) -> Any:
-    """A compiled model of an ONNX file or an OpenVINO IR (`.xml`, read by OpenVINO itself)."""
-    if path.suffix == ".xml":
-        import openvino as ov
-
-        return compile_model(ov.Core().read_model(str(path)), row.settings)
-    return compile_model(path, row.settings)
 
 
 class ParallelRequestsRunner(OpenVinoRunner):
@@ -123,8 +77,10 @@ def openvino_runner(name: str, row: OpenVinoRow, path: Path, onnx_source: Path) 
     """A runner compiling `path` with the row's settings on activation; outputs named as in the ONNX."""
     ports = onnx_io_names(onnx_source)
     if row.requests > 1:
-        return ParallelRequestsRunner(lambda: _load(path, row), row.requests, name=name, port_names=ports)
-    return OpenVinoRunner(lambda: _load(path, row), name=name, port_names=ports)
+        return ParallelRequestsRunner(
+            lambda: compile_model(path, row.settings), row.requests, name=name, port_names=ports
+        )
+    return OpenVinoRunner(lambda: compile_model(path, row.settings), name=name, port_names=ports)
 
 
 def openvino_records(settings: BenchSettings, paths: Mapping[str, Path]) -> dict[str, dict[str, Any]]:
@@ -211,8 +167,7 @@ def layer_profiles(
         if name not in paths:
             continue
         row = settings.openvino[name]
-        profiled = replace(row, settings=replace(row.settings, profile=True))
-        compiled = _load(paths[name], profiled)
+        compiled = compile_model(paths[name], replace(row.settings, profile=True))
         request = compiled.create_infer_request()
         by_port = {port.get_any_name(): port for port in compiled.inputs}
         names = {n: port for port in compiled.inputs for n in port.get_names()}

@@ -101,14 +101,16 @@ def openvino_version() -> str:
 
 
 def read_model(onnx_path: str | Path, extra_outputs: ExtraOutputs = None) -> Any:
-    """`ov.Model` of an ONNX file, with `extra_outputs` ("all" or tensor names) marked as outputs.
+    """`ov.Model` of an ONNX file (or an OpenVINO IR `.xml`, e.g. NNCF's output), with `extra_outputs`
+    ("all" or tensor names) marked as outputs.
 
     Marking changes what the compiler may fuse: a marked tensor must exist in memory.
     """
     path = Path(onnx_path)
     if not path.is_file():
         raise UserError(f"ONNX model {path} does not exist; export it first or fix the path")
-    _check_onnx(path)
+    if path.suffix != ".xml":
+        _check_onnx(path)
     try:
         model = _core().read_model(str(path))
     except RuntimeError as err:
