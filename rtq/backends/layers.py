@@ -237,18 +237,14 @@ def diff_markdown(diff: EngineDiff) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_text(path: Path, text: str) -> None:
-    write_atomic(path, text)
-
-
 def write_layers_report(
     layers: Sequence[EngineLayer], out_stem: Path, title: str = "Engine layers"
 ) -> tuple[Path, Path]:
     """Write `<out_stem>.json` and `<out_stem>.md`; returns both paths."""
     out_stem = Path(out_stem)
     json_path, md_path = out_stem.with_suffix(".json"), out_stem.with_suffix(".md")
-    _write_text(json_path, json.dumps([asdict(layer) for layer in layers], indent=2))
-    _write_text(md_path, layers_markdown(layers, title))
+    write_atomic(json_path, json.dumps([asdict(layer) for layer in layers], indent=2))
+    write_atomic(md_path, layers_markdown(layers, title))
     return json_path, md_path
 
 
@@ -256,6 +252,6 @@ def write_diff_report(diff: EngineDiff, out_stem: Path) -> tuple[Path, Path]:
     """Write `<out_stem>.json` and `<out_stem>.md`; returns both paths."""
     out_stem = Path(out_stem)
     json_path, md_path = out_stem.with_suffix(".json"), out_stem.with_suffix(".md")
-    _write_text(json_path, json.dumps(diff.to_dict(), indent=2))
-    _write_text(md_path, diff_markdown(diff))
+    write_atomic(json_path, json.dumps(diff.to_dict(), indent=2))
+    write_atomic(md_path, diff_markdown(diff))
     return json_path, md_path

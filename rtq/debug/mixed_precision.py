@@ -81,17 +81,20 @@ class CompilerBudget:
     def left(self) -> int:
         return self.max_compiles - len(self.variants)
 
-    def measure(self, float_nodes: Sequence[str], step: str, model: onnx.ModelProto | None = None) -> Variant:
-        key = frozenset(float_nodes) if model is None else frozenset({f"<model>{step}"})
-        if key in self._cache:
-            return self._cache[key]
+    def measure(self, float_nodes: Sequence[str], step: str) -> Variant:
+        """The Q/DQ graph with `float_nodes` kept float (each distinct set compiled once)."""
+        key = frozenset(float_nodes)
+        if key not in self._cache:
+            self._cache[key] = self.score(self._keep_float(self.qdq, float_nodes), step, list(float_nodes))
+        return self._cache[key]
+
+    def score(self, model: onnx.ModelProto, step: str, float_nodes: list[str] | None = None) -> Variant:
+        """Compile and score one graph (one compile of the budget)."""
         if self.left <= 0:
             raise RuntimeError("compile budget spent")
-        candidate = model if model is not None else self._keep_float(self.qdq, float_nodes)
-        ap, ms = self._score(candidate)
-        variant = Variant(step, list(float_nodes), ap, ms, len(self.variants) + 1)
+        ap, ms = self._score(model)
+        variant = Variant(step, float_nodes or [], ap, ms, len(self.variants) + 1)
         self.variants.append(variant)
-        self._cache[key] = variant
         return variant
 
 
@@ -176,7 +179,7 @@ def search(
         )
     qdq = onnx.load(str(qdq_path))
     compiler = CompilerBudget(score, qdq, max_compiles)
-    fp32 = compiler.measure([], "FP32 graph", model=onnx.load(str(fp32_path)))
+    fp32 = compiler.score(onnx.load(str(fp32_path)), "FP32 graph")
     int8 = compiler.measure([], "all INT8")
     target = fp32.ap - budget
     order = [node for node, _ in ranking]

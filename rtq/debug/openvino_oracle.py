@@ -10,6 +10,7 @@ tries markings that can change what the compiler fused.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -55,16 +56,15 @@ class OpenVinoOracle:
 
     def evaluate(self, marked_tensors: frozenset[str]) -> float:
         """Compile with the marking, run on the feeds, return the error of the original outputs."""
+        from rtq.backends.openvino.runner import OpenVinoRunner
+
         compiled = self.compile(marked_tensors)
-        results = compiled(self.feeds)  # type: ignore[operator]
-        by_name = {port.get_any_name(): port for port in compiled.outputs}  # type: ignore[attr-defined]
-        got = {name: np.asarray(results[by_name[name]]) for name in self.reference if name in by_name}
-        return self.error([self.reference], [got])
+        with OpenVinoRunner(lambda: compiled, port_names=[*self.feeds, *self.reference]) as runner:
+            out = runner.infer(self.feeds)
+        return self.error([self.reference], [{name: out[name] for name in self.reference}])
 
     def candidates(self, include: str | None = None) -> list[Candidate]:
         """Tensors inside the fused layers of the unmarked compile (compiles it if needed)."""
-        import re
-
         if frozenset() not in self.layers:
             self.compile(frozenset())
         pattern = re.compile(include) if include else None
@@ -85,7 +85,7 @@ class OpenVinoOracle:
 
 
 def fusion_candidates(
-    model: onnx.ModelProto, layers: Sequence[EngineLayer], pattern: object | None = None
+    model: onnx.ModelProto, layers: Sequence[EngineLayer], pattern: re.Pattern[str] | None = None
 ) -> list[Candidate]:
     """Tensors whose marking changes what the compiler merged: per fused layer the outputs of its
     compute nodes but the last (marking one splits the layer), and the input of every QuantizeLinear
@@ -102,7 +102,7 @@ def fusion_candidates(
     seen: set[str] = set()
 
     def add(tensor: str, node: str, kind: str) -> None:
-        keep = pattern is None or bool(pattern.search(tensor) or pattern.search(node))  # type: ignore[attr-defined]
+        keep = pattern is None or bool(pattern.search(tensor) or pattern.search(node))
         if tensor not in seen and tensor not in graph_outputs and tensor in writer and keep:
             seen.add(tensor)
             found.append(Candidate(tensor, node, kind))

@@ -167,14 +167,11 @@ def layer_profiles(
         if name not in paths:
             continue
         row = settings.openvino[name]
-        compiled = compile_model(paths[name], replace(row.settings, profile=True))
-        request = compiled.create_infer_request()
-        by_port = {port.get_any_name(): port for port in compiled.inputs}
-        names = {n: port for port in compiled.inputs for n in port.get_names()}
-        inputs = {names.get(k, by_port.get(k)): np.ascontiguousarray(v) for k, v in feed.items()}
-        for _ in range(PROFILE_CALLS + 1):
-            request.infer(inputs)
-        layers = runtime_layers(compiled, onnx_sources[name])
+        profiled = replace(row, settings=replace(row.settings, profile=True), requests=1)
+        with openvino_runner(name, profiled, paths[name], onnx_sources[name]) as runner:
+            for _ in range(PROFILE_CALLS + 1):
+                runner.infer(feed)
+            layers = runtime_layers(runner.compiled, onnx_sources[name])
         figures[name] = _profile_figures(layers, _conv_groups(onnx_sources[name]))
         title = f"{descriptions.get(name, name)} (`{name}`, {row.settings.inference_precision} float parts)"
         body = inspection_markdown(

@@ -47,11 +47,12 @@ def target_runner(ctx: StageContext, mode: Any) -> tuple[Any, dict[str, Any]]:
         precision = art.precision
         if precision == "fp32" and settings.inference_precision != "f32":
             precision = settings.inference_precision
+        record = settings.record()
         label = {
             "backend": "openvino",
             "precision": precision,
-            "settings": settings.record(),
-            "compiler": f"openvino {settings.record()['openvino']} ({settings.inference_precision})",
+            "settings": record,
+            "compiler": f"openvino {record['openvino']} ({settings.inference_precision})",
         }
         return make_openvino_runner(model, settings, name="target"), label
     if art.engine is not None:

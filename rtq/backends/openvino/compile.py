@@ -291,11 +291,11 @@ def build_compiled(
     from rtq.backends.openvino.inspect import runtime_layers
 
     onnx_path, out = Path(onnx_path), Path(out)
-    read_model(onnx_path)  # one clear line for an unreadable file, before any cache work
+    model = read_model(onnx_path, extra_outputs)  # one clear line for a bad file, before any cache work
     key = compiled_key(onnx_path, settings, extra_outputs)
 
     def make(blob: Path) -> None:
-        compiled = compile_model(onnx_path, settings, extra_outputs)
+        compiled = compile_model(model, settings)
         if settings.profile:
             _profile_once(compiled)
         stream = io.BytesIO()
