@@ -31,6 +31,16 @@ def graph_runner(ctx: StageContext, path: Any, name: str, mode: Any) -> Any:
     return make_graph_runner(path, name, ctx.run_dir / "ort", mode=mode, **ort_settings(ctx))
 
 
+def openvino_marking_runner(ctx: StageContext) -> Any:
+    """(graph path, extra outputs) -> an OpenVINO runner with the backend's settings, for layer-wise
+    compares that mark tensors of the graph under test."""
+    from rtq.backends.openvino.compile import OpenVinoSettings
+    from rtq.backends.openvino.runner import make_openvino_runner
+
+    settings = OpenVinoSettings.from_mapping(ctx.section("backend"))
+    return lambda path, extra: make_openvino_runner(path, settings, extra, name="target")
+
+
 def target_runner(ctx: StageContext, mode: Any) -> tuple[Any, dict[str, Any]]:
     """The runner for the model under test, and what it runs: backend, precision, settings."""
     art = ctx.artifacts

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 
 from rtq.errors import UserError
 from rtq.pipeline.inputs import eval_images
-from rtq.pipeline.runners import graph_runner, target_runner
+from rtq.pipeline.runners import graph_runner, openvino_marking_runner, target_runner
 from rtq.pipeline.stage import StageContext, StageResult, register_stage
 
 log = logging.getLogger("rtq")
@@ -62,7 +61,7 @@ def stage_compare(ctx: StageContext) -> StageResult:
             assert target_graph is not None
             make_target, notes, ran = None, [], {"backend": "onnxruntime"}
             if ctx.section("backend").get("name") == "openvino":
-                make_target, ran = _openvino_target(ctx), {"backend": "openvino"}
+                make_target, ran = openvino_marking_runner(ctx), {"backend": "openvino"}
                 notes = [
                     "every compared tensor is marked as an output of the OpenVINO model, and a marked "
                     "tensor must exist in memory: marking breaks the fusions across it, so this measures "
@@ -86,12 +85,3 @@ def stage_compare(ctx: StageContext) -> StageResult:
         }
     }
     return StageResult(outputs=[out_dir / "report.md", out_dir / "report.json"], record=record)
-
-
-def _openvino_target(ctx: StageContext) -> Any:
-    """`make_target` for `compare_onnx`: the graph compiled by OpenVINO with the tensors marked."""
-    from rtq.backends.openvino.compile import OpenVinoSettings
-    from rtq.backends.openvino.runner import make_openvino_runner
-
-    settings = OpenVinoSettings.from_mapping(ctx.section("backend"))
-    return lambda path, extra: make_openvino_runner(path, settings, extra, name="target")
