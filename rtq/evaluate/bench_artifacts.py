@@ -59,6 +59,16 @@ def pipeline_overrides(settings: BenchSettings) -> list[str]:
     ]
 
 
+def recipe_stages(recipe: str) -> tuple[str, ...]:
+    """The pipeline stages that make a recipe's Q/DQ ONNX: a torch recipe quantizes the model before
+    export, a `level: onnx` one quantizes the exported FP32 ONNX."""
+    from omegaconf import DictConfig, OmegaConf
+
+    recipe_cfg = OmegaConf.load(CONF_DIR / "quant" / f"{recipe}.yaml")
+    level = recipe_cfg.get("level") if isinstance(recipe_cfg, DictConfig) else None
+    return ("export", "quantize_onnx") if level == "onnx" else ("quantize", "export")
+
+
 def _run_chain(settings: BenchSettings, name: str, overrides: list[str]) -> tuple[Any, str]:
     """Run a pipeline chain into the cache folder; its chain result and a line on where it came from."""
     from rtq.config import compose_config
@@ -110,7 +120,7 @@ def build_artifacts(settings: BenchSettings) -> BenchArtifacts:
         chain, made = _run_chain(
             settings,
             f"int8_{recipe}",
-            [f"quant={recipe}", *calib, f"stages=[{','.join(settings.int8_stages)}]"],
+            [f"quant={recipe}", *calib, f"stages=[{','.join(recipe_stages(recipe))}]"],
         )
         assert chain.artifacts.qdq_onnx is not None
         onnx_of[f"recipe:{recipe}"] = chain.artifacts.qdq_onnx

@@ -1,8 +1,10 @@
-"""Post-training INT8 quantization of an ONNX detector that has no PyTorch source (e.g. YOLOX).
+"""Post-training INT8 quantization at the ONNX level: of a detector with no PyTorch source (YOLOX),
+or of an exported one when the ONNX-level placement suits the compiler better (RT-DETR on OpenVINO).
 
 modelopt's ONNX PTQ calibrates on ONNX Runtime CPU and inserts QuantizeLinear/DequantizeLinear
-pairs in the placement TensorRT fuses best. `qdq_summary` says which compute nodes ended up with
-quantized inputs and which stayed float, so a recipe's exclusions can be checked in the report.
+pairs on every op it knows an integer kernel for (Conv, MatMul, Gemm, residual Add, pools, ...).
+`qdq_summary` says which compute nodes ended up with quantized inputs and which stayed float, so a
+recipe's exclusions can be checked in the report.
 """
 
 from __future__ import annotations
@@ -68,19 +70,32 @@ def qdq_summary(model: onnx.ModelProto, compute_ops: Sequence[str] = COMPUTE_OPS
     return summary
 
 
-def _calibration_array(
-    calib_feeds: np.ndarray | Iterable[dict[str, np.ndarray]], input_name: str
-) -> np.ndarray:
-    if isinstance(calib_feeds, np.ndarray):
-        array = calib_feeds
-    else:
-        array = np.concatenate([np.asarray(feed[input_name]) for feed in calib_feeds])
-    if array.ndim != 4 or array.shape[0] == 0:
+def _calibration_data(
+    calib_feeds: np.ndarray | Iterable[dict[str, np.ndarray]], input_names: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """Calibration arrays per graph input, concatenated over the feeds; an array is the images alone.
+
+    modelopt wants data for every graph input: a detector with a second input (RT-DETR's
+    `orig_target_sizes`) gets the values its preprocessing made, never invented ones.
+    """
+    image_name = input_names[0]
+    feeds = [{image_name: calib_feeds}] if isinstance(calib_feeds, np.ndarray) else list(calib_feeds)
+    images = np.concatenate([np.asarray(feed[image_name]) for feed in feeds]) if feeds else np.empty(0)
+    if images.ndim != 4 or images.shape[0] == 0:
         raise UserError(
-            f"calibration data has shape {array.shape}; expected preprocessed images [K,C,H,W] with K >= 1: "
+            f"calibration data has shape {images.shape}; expected preprocessed images [K,C,H,W] with K >= 1: "
             "point data.calib.source at a folder of images"
         )
-    return array.astype(np.float32, copy=False)
+    data = {image_name: images.astype(np.float32, copy=False)}
+    missing = [name for name in input_names[1:] if not all(name in feed for feed in feeds)]
+    if missing:
+        raise UserError(
+            f"the model also takes input(s) {missing} that the calibration feeds lack: calibrate with feed "
+            "dicts from the detector's own preprocessing (rtq.data.calib.calibration_batches)"
+        )
+    for name in input_names[1:]:
+        data[name] = np.concatenate([np.asarray(feed[name]) for feed in feeds])
+    return data
 
 
 def quantize_onnx(
@@ -95,10 +110,10 @@ def quantize_onnx(
     """INT8 Q/DQ ONNX of `onnx_path`, calibrated on preprocessed images, written to `out_path`.
 
     `calib_feeds` is an array [K,C,H,W] as the network sees it (after the detector's own
-    preprocessing) or an iterable of feed dicts. Calibration runs on ONNX Runtime CPU; the high
-    precision type stays fp32 so the result also runs on CPU. Node names in `exclude_nodes` are
-    regular expressions, as modelopt matches them. The file is written under a temporary name and
-    renamed, so a failed run leaves no partial model.
+    preprocessing) or an iterable of feed dicts, which must carry every graph input. Calibration
+    runs on ONNX Runtime CPU; the high precision type stays fp32 so the result also runs on CPU.
+    Node names in `exclude_nodes` are regular expressions, as modelopt matches them. The file is
+    written under a temporary name and renamed, so a failed run leaves no partial model.
     """
     from modelopt.onnx.quantization import quantize
 
@@ -107,15 +122,15 @@ def quantize_onnx(
         raise UserError(f"calibration method {method!r} is unknown; use one of {sorted(CALIBRATION_METHODS)}")
     if not onnx_path.is_file():
         raise UserError(f"ONNX model {str(onnx_path)!r} does not exist: export or copy the model first")
-    input_name = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].name
-    data = _calibration_array(calib_feeds, input_name)
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    data = _calibration_data(calib_feeds, [i.name for i in graph.input])
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="rtq_ptq_", dir=out_path.parent) as work:
         tmp_out = Path(work) / out_path.name
         quantize(
             onnx_path=str(onnx_path),
             quantize_mode="int8",
-            calibration_data={input_name: data},
+            calibration_data=data,
             calibration_method=CALIBRATION_METHODS[method],
             calibration_eps=["cpu"],
             high_precision_dtype="fp32",

@@ -44,7 +44,7 @@ def test_openvino_rows_take_the_compile_settings_with_their_overrides() -> None:
     assert [rows[n].source_backend for n in ("ov_fp32", "ov_int8_modelopt", "ov_int8_nncf")] == [
         "ort_fp32", "ort_int8_modelopt", "ort_fp32"
     ]
-    assert settings.profile_rows == ("ov_int8_modelopt", "ov_int8_attention", "ov_int8_nncf")
+    assert settings.profile_rows == ("ov_int8_modelopt", "ov_int8_attention", "ov_int8_onnx", "ov_int8_nncf")
     # a row of its own recipe: ORT does not time that file, so its fidelity reference is FP32
     assert rows["ov_int8_attention"].recipe == "int8_attention"
     assert rows["ov_int8_attention"].source_backend == "ort_fp32"
