@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# rtq workflow: setup | demo | test | lint | table | bench | experiments
+# rtq workflow: setup | demo | test | lint | table | bench | experiments | gpu-check
 # Every command installs what it needs into .venv first (idempotent, quick when already done).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -71,13 +71,19 @@ cmd_bench() {
   "$PY" -m rtq.bench "$@"
 }
 
+cmd_gpu_check() {
+  # What only an NVIDIA GPU can verify (kernel, TensorRT plugins, engines); one line and exit 0 without one.
+  ensure_setup
+  "$PY" -m rtq.gpu_check "$@"
+}
+
 cmd_experiments() {
   ensure_setup
   bash experiments/run_all.sh "$@"
 }
 
 usage() {
-  echo "usage: ./workflow.sh {setup|demo|test|lint|table|bench|experiments} [args...]" >&2
+  echo "usage: ./workflow.sh {setup|demo|test|lint|table|bench|experiments|gpu-check} [args...]" >&2
   exit 2
 }
 
@@ -92,5 +98,6 @@ case "$command" in
   table) cmd_table "$@" ;;
   bench) cmd_bench "$@" ;;
   experiments) cmd_experiments "$@" ;;
+  gpu-check) cmd_gpu_check "$@" ;;
   *) usage ;;
 esac

@@ -6,12 +6,16 @@
 // N_i * K), weight_scale_i (FLOAT32, N_i), input_scale_i (FLOAT32), input_zero_point_i (INT32
 // or INT64), bias_i (FLOAT32, N_i).
 //
-// Device weights: the plugin keeps the attribute values on the host and uploads them
-// (cudaMalloc + cudaMemcpy, once per plugin object) in attachToContext and onShapeChange, both
-// called by TensorRT outside enqueue, before the first enqueue of a runtime or build-time
-// (autotuning) instance. enqueue itself only launches the kernel on the given stream. The
-// combined rescale input_scale_i * weight_scale_i[n] is formed in float32 on the host, as in
-// reference.py.
+// Device weights: the plugin keeps the attribute values on the host and uploads them once
+// (cudaMalloc + cudaMemcpy) into buffers every clone shares (read-only, freed with the last clone).
+// clone() uploads before copying, because TensorRT wants a clone "in a fully initialized state"
+// (NvInferPluginBase.h, IPluginV3::clone); attachToContext returns such a clone. onShapeChange runs
+// inside enqueueV3, so it only checks shapes and never allocates; enqueue only launches the kernel
+// on the given stream. The combined rescale input_scale_i * weight_scale_i[n] is formed in float32
+// on the host, as in reference.py.
+//
+// Two-input form: x_q0 and x_q1 must have the same shape (checked at configure time where the
+// dimensions are known, and again on every shape change); both outputs take x_q0's leading dims.
 //
 // The library exports getCreators / setLoggerFinder, the entry points of
 // IPluginRegistry::loadLibrary (trt.get_plugin_registry().load_library in Python) and of
@@ -27,6 +31,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 using namespace nvinfer1;
@@ -62,15 +67,56 @@ struct ProjectionWeights
     float inputScale{0.F};
     int32_t inputZeroPoint{0};
 
-    int8_t* dWeight{nullptr};
-    float* dScale{nullptr};
-    float* dBias{nullptr};
-
     int32_t outFeatures() const
     {
         return static_cast<int32_t>(weightScale.size());
     }
 };
+
+// One projection's device copy; owned by a DeviceWeights shared by a plugin and its clones.
+struct DeviceProjection
+{
+    int8_t* weight{nullptr};
+    float* scale{nullptr};
+    float* bias{nullptr};
+};
+
+struct DeviceWeights
+{
+    DeviceProjection proj[2];
+
+    DeviceWeights() = default;
+    DeviceWeights(DeviceWeights const&) = delete;
+    DeviceWeights& operator=(DeviceWeights const&) = delete;
+
+    ~DeviceWeights()
+    {
+        for (DeviceProjection& p : proj)
+        {
+            cudaFree(p.weight);
+            cudaFree(p.scale);
+            cudaFree(p.bias);
+        }
+    }
+};
+
+//! True when two dims can be the same tensor shape (-1: not known yet, as in configurePlugin).
+bool sameShape(Dims const& a, Dims const& b, bool allowWildcards)
+{
+    if (a.nbDims != b.nbDims)
+    {
+        return false;
+    }
+    for (int32_t d = 0; d < a.nbDims; ++d)
+    {
+        bool const unknown = allowWildcards && (a.d[d] == -1 || b.d[d] == -1);
+        if (!unknown && a.d[d] != b.d[d])
+        {
+            return false;
+        }
+    }
+    return true;
+}
 
 template <typename T>
 std::vector<T> copyField(PluginField const& field, PluginFieldType expected)
@@ -184,7 +230,8 @@ public:
     }
 
     FusedAttnOffsetPredictionPlugin(FusedAttnOffsetPredictionPlugin const& other)
-        : mProj{copyHost(other.mProj[0]), copyHost(other.mProj[1])}
+        : mProj{other.mProj[0], other.mProj[1]}
+        , mDevice(other.mDevice)
         , mK(other.mK)
         , mNbInputs(other.mNbInputs)
     {
@@ -192,10 +239,7 @@ public:
 
     FusedAttnOffsetPredictionPlugin& operator=(FusedAttnOffsetPredictionPlugin const&) = delete;
 
-    ~FusedAttnOffsetPredictionPlugin() override
-    {
-        releaseDevice();
-    }
+    ~FusedAttnOffsetPredictionPlugin() override = default;
 
     // IPluginV3
     IPluginCapability* getCapabilityInterface(PluginCapabilityType type) noexcept override
@@ -213,6 +257,10 @@ public:
     {
         try
         {
+            if (!uploadWeights())
+            {
+                return nullptr;
+            }
             return new FusedAttnOffsetPredictionPlugin(*this);
         }
         catch (std::exception const& e)
@@ -259,6 +307,11 @@ public:
                 return -1;
             }
         }
+        if (nbInputs == 2 && !sameShape(in[0].desc.dims, in[1].desc.dims, /*allowWildcards=*/true))
+        {
+            logError("x_q0 and x_q1 must have the same shape");
+            return -1;
+        }
         (void) out;
         mNbInputs = nbInputs;
         return 0;
@@ -285,7 +338,7 @@ public:
         }
         for (int32_t o = 0; o < 2; ++o)
         {
-            DimsExprs const& src = inputs[nbInputs == 2 ? o : 0];
+            DimsExprs const& src = inputs[0];  // x_q1, when given, has x_q0's shape (configurePlugin)
             outputs[o].nbDims = src.nbDims;
             for (int32_t d = 0; d + 1 < src.nbDims; ++d)
             {
@@ -322,8 +375,13 @@ public:
             logError("the last input dimension must equal the weight K");
             return -1;
         }
+        if (nbInputs == 2 && (in[1].type != DataType::kINT8 || !sameShape(in[0].dims, in[1].dims, false)))
+        {
+            logError("x_q1 must be int8 with the shape of x_q0");
+            return -1;
+        }
         mNbInputs = nbInputs;
-        return uploadWeights() ? 0 : -1;
+        return uploadWeights() ? 0 : -1;  // a no-op for a clone, which shares the uploaded weights
     }
 
     int32_t enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const* /*outputDesc*/,
@@ -335,24 +393,23 @@ public:
         {
             rows *= dims.d[d];
         }
+        if (mDevice == nullptr)
+        {
+            return -1;
+        }
         auto const* x0 = static_cast<int8_t const*>(inputs[0]);
         auto const* x1 = mNbInputs == 2 ? static_cast<int8_t const*>(inputs[1]) : x0;
+        DeviceProjection const* d = mDevice->proj;
         cudaError_t const status = launchFusedAttnOffsetPrediction(x0, x1, static_cast<int>(rows), mK,
-            mProj[0].dWeight, mProj[0].dScale, mProj[0].dBias, mProj[0].outFeatures(), mProj[0].inputZeroPoint,
-            mProj[1].dWeight, mProj[1].dScale, mProj[1].dBias, mProj[1].outFeatures(), mProj[1].inputZeroPoint,
+            d[0].weight, d[0].scale, d[0].bias, mProj[0].outFeatures(), mProj[0].inputZeroPoint,
+            d[1].weight, d[1].scale, d[1].bias, mProj[1].outFeatures(), mProj[1].inputZeroPoint,
             static_cast<float*>(outputs[0]), static_cast<float*>(outputs[1]), stream);
         return status == cudaSuccess ? 0 : -1;
     }
 
     IPluginV3* attachToContext(IPluginResourceContext* /*context*/) noexcept override
     {
-        auto* plugin = static_cast<FusedAttnOffsetPredictionPlugin*>(clone());
-        if (plugin != nullptr && !plugin->uploadWeights())
-        {
-            delete plugin;
-            return nullptr;
-        }
-        return plugin;
+        return clone();  // a clone carries the uploaded weights
     }
 
     PluginFieldCollection const* getFieldsToSerialize() noexcept override
@@ -376,15 +433,6 @@ public:
     }
 
 private:
-    static ProjectionWeights copyHost(ProjectionWeights const& p)
-    {
-        ProjectionWeights copy = p;
-        copy.dWeight = nullptr;  // each plugin object owns its own device copy
-        copy.dScale = nullptr;
-        copy.dBias = nullptr;
-        return copy;
-    }
-
     void validate()
     {
         int32_t k = -1;
@@ -422,38 +470,38 @@ private:
             && cudaMemcpy(*device, host.data(), bytes, cudaMemcpyHostToDevice) == cudaSuccess;
     }
 
+    //! Upload the weights once; this object and every later clone share the buffers.
     bool uploadWeights() noexcept
     {
-        for (ProjectionWeights& p : mProj)
+        if (mDevice != nullptr)
         {
-            if (p.dWeight != nullptr)
-            {
-                continue;
-            }
-            if (!upload(&p.dWeight, p.weight) || !upload(&p.dScale, p.combinedScale) || !upload(&p.dBias, p.bias))
-            {
-                logError("could not copy the weights to the GPU");
-                releaseDevice();
-                return false;
-            }
+            return true;
         }
-        return true;
-    }
-
-    void releaseDevice() noexcept
-    {
-        for (ProjectionWeights& p : mProj)
+        try
         {
-            cudaFree(p.dWeight);
-            cudaFree(p.dScale);
-            cudaFree(p.dBias);
-            p.dWeight = nullptr;
-            p.dScale = nullptr;
-            p.dBias = nullptr;
+            auto device = std::make_shared<DeviceWeights>();
+            for (int32_t i = 0; i < 2; ++i)
+            {
+                ProjectionWeights const& p = mProj[i];
+                DeviceProjection& d = device->proj[i];
+                if (!upload(&d.weight, p.weight) || !upload(&d.scale, p.combinedScale) || !upload(&d.bias, p.bias))
+                {
+                    logError("could not copy the weights to the GPU");
+                    return false;  // `device` frees what was allocated
+                }
+            }
+            mDevice = std::move(device);
+            return true;
         }
+        catch (std::exception const& e)
+        {
+            logError(e.what());
+        }
+        return false;
     }
 
     ProjectionWeights mProj[2];
+    std::shared_ptr<DeviceWeights const> mDevice;
     int32_t mK{0};
     int32_t mNbInputs{1};
     std::vector<PluginField> mFields;

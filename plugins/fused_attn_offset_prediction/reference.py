@@ -129,8 +129,8 @@ class FusedAttnOffsetParams:
                 projections.append(Projection(
                     weight=_as_array(attrs[f"weight_{i}"]),
                     weight_scale=_as_array(attrs[f"weight_scale_{i}"]),
-                    input_scale=float(attrs[f"input_scale_{i}"]),
-                    input_zero_point=int(attrs.get(f"input_zero_point_{i}", 0)),
+                    input_scale=float(_scalar(attrs[f"input_scale_{i}"])),
+                    input_zero_point=int(_scalar(attrs.get(f"input_zero_point_{i}", 0))),
                     bias=_as_array(attrs[f"bias_{i}"]),
                 ))
             except KeyError as missing:
@@ -147,6 +147,15 @@ class FusedAttnOffsetParams:
     @classmethod
     def from_gs_attrs(cls, attrs: Mapping[str, Any]) -> FusedAttnOffsetParams:
         return cls.from_mapping(attrs)
+
+
+def _scalar(value: Any) -> Any:
+    """A scalar attribute as a Python number, also when it arrives as a one-element array (TensorRT
+    hands plugin fields over as 1-D arrays; NumPy >= 2.4 refuses ``float()`` of those)."""
+    array = np.asarray(value).reshape(-1)
+    if array.size != 1:
+        raise ValueError(f"expected one value for a scalar attribute, got {array.size}")
+    return array[0].item()
 
 
 def _as_array(value: Any) -> np.ndarray:
@@ -178,17 +187,45 @@ def fused_attn_offset_prediction(x_q0: np.ndarray, x_q1: np.ndarray | None,
                                                                           params.attention_weights)
 
 
-def fused_attn_offset_prediction_torch(x_q0: Any, x_q1: Any,
-                                       params: FusedAttnOffsetParams) -> tuple[Any, Any]:
-    """Torch form of the same math (any device): the int8 products are summed exactly in float64."""
-    import torch
+@dataclass
+class TorchProjection:
+    """One Projection's tensors on one device, made once so a caller that runs many times (the
+    TensorRT Python plugin's enqueue) copies nothing host -> device per call."""
 
-    def project(x_q: Any, p: Projection) -> Any:
-        w = torch.as_tensor(p.weight, device=x_q.device).to(torch.float64)
-        x = x_q.to(torch.float64) - float(p.input_zero_point)
-        acc = (x @ w.T).to(torch.float32)  # exact integer sums (|acc| < 2**53)
-        scale = torch.as_tensor(p.combined_scale(), device=x_q.device)
-        return acc * scale + torch.as_tensor(p.bias, device=x_q.device)
+    weight: Any  # float64 [N, K]: int8 products summed exactly (|acc| < 2**53)
+    input_zero_point: float
+    scale: Any  # float32 [N], input scale x weight scale
+    bias: Any  # float32 [N]
 
+    @classmethod
+    def of(cls, p: Projection, device: Any) -> TorchProjection:
+        import torch
+
+        return cls(
+            weight=torch.as_tensor(p.weight, device=device).to(torch.float64),
+            input_zero_point=float(p.input_zero_point),
+            scale=torch.as_tensor(p.combined_scale(), device=device),
+            bias=torch.as_tensor(p.bias, device=device),
+        )
+
+    def __call__(self, x_q: Any) -> Any:
+        import torch
+
+        x = x_q.to(torch.float64) - self.input_zero_point
+        acc = (x @ self.weight.T).to(torch.float32)
+        return acc * self.scale + self.bias
+
+
+def torch_projections(params: FusedAttnOffsetParams, device: Any) -> tuple[TorchProjection, TorchProjection]:
+    """Both projections' tensors on `device` (see TorchProjection)."""
+    return tuple(TorchProjection.of(p, device) for p in params.projections)  # type: ignore[return-value]
+
+
+def fused_attn_offset_prediction_torch(
+    x_q0: Any, x_q1: Any, params: FusedAttnOffsetParams | tuple[TorchProjection, TorchProjection]
+) -> tuple[Any, Any]:
+    """Torch form of the same math (any device); `params` may be prepared once with `torch_projections`."""
+    if isinstance(params, FusedAttnOffsetParams):
+        params = torch_projections(params, x_q0.device)
     x_q1 = x_q0 if x_q1 is None else x_q1
-    return project(x_q0, params.sampling_offsets), project(x_q1, params.attention_weights)
+    return params[0](x_q0), params[1](x_q1)

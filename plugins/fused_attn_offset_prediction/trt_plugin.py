@@ -42,9 +42,46 @@ def _reference() -> Any:
 
 
 def params_from_plugin_attributes(attrs: dict[str, Any]) -> Any:
-    """`FusedAttnOffsetParams` from the plugin's attributes (numpy arrays / scalars)."""
-    ref = _reference()
-    return ref.FusedAttnOffsetParams.from_mapping(attrs)
+    """`FusedAttnOffsetParams` from the plugin's attributes as TensorRT hands them over: every field a
+    1-D array (scalars as one-element arrays), the int8 weights flattened."""
+    import numpy as np
+
+    fields = dict(attrs)
+    for i in range(2):
+        n = int(np.asarray(fields[f"weight_scale_{i}"]).size)
+        fields[f"weight_{i}"] = np.asarray(fields[f"weight_{i}"]).reshape(n, -1)
+    return _reference().FusedAttnOffsetParams.from_mapping(fields)
+
+
+class DeviceParams:
+    """Each plugin instance's projections on the GPU, uploaded on its first enqueue and reused.
+
+    `tensorrt.plugin` passes an instance's attributes as the same NumPy objects on every enqueue (a
+    clone shares them), so `weight_0`'s identity names the instance; holding the array keeps the id
+    from being reused while the entry lives.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[int, str], tuple[Any, Any]] = {}
+
+    def get(self, attrs: dict[str, Any], device: Any) -> Any:
+        key = (id(attrs["weight_0"]), str(device))
+        entry = self._entries.get(key)
+        if entry is None or entry[0] is not attrs["weight_0"]:
+            params = params_from_plugin_attributes(attrs)
+            entry = (attrs["weight_0"], _reference().torch_projections(params, device))
+            self._entries[key] = entry
+        return entry[1]
+
+
+DEVICE_PARAMS = DeviceParams()
+
+
+def _already_registered(trtp: Any) -> bool:
+    """Whether this process's `tensorrt.plugin` registry already holds the op (registering it again
+    raises ValueError "... already has a defintion ...")."""
+    namespace, name = PLUGIN_ID.split("::")
+    return hasattr(getattr(trtp.op, namespace, None), name)
 
 
 def register_tensorrt_plugin() -> bool:
@@ -59,21 +96,26 @@ def register_tensorrt_plugin() -> bool:
         import tensorrt.plugin as trtp
     except ImportError:
         return False
+    if _already_registered(trtp):
+        _registered = True
+        return True
     import numpy as np
     import numpy.typing as npt
 
+    # Scalars are declared as arrays: the creator converts a non-array annotation with
+    # `annotation(field.data)` on a 1-D array, which NumPy >= 2.4 rejects.
     @trtp.register(PLUGIN_ID)
     def _describe(
         x_q: trtp.TensorDesc,
         weight_0: npt.NDArray[np.int8],
         weight_scale_0: npt.NDArray[np.float32],
-        input_scale_0: float,
-        input_zero_point_0: int,
+        input_scale_0: npt.NDArray[np.float32],
+        input_zero_point_0: npt.NDArray[np.int32],
         bias_0: npt.NDArray[np.float32],
         weight_1: npt.NDArray[np.int8],
         weight_scale_1: npt.NDArray[np.float32],
-        input_scale_1: float,
-        input_zero_point_1: int,
+        input_scale_1: npt.NDArray[np.float32],
+        input_zero_point_1: npt.NDArray[np.int32],
         bias_1: npt.NDArray[np.float32],
     ) -> tuple[trtp.TensorDesc, trtp.TensorDesc]:
         """Outputs keep every dimension of x_q but the last, which becomes N_0 / N_1."""
@@ -98,30 +140,29 @@ def register_tensorrt_plugin() -> bool:
         x_q: trtp.Tensor,
         weight_0: npt.NDArray[np.int8],
         weight_scale_0: npt.NDArray[np.float32],
-        input_scale_0: float,
-        input_zero_point_0: int,
+        input_scale_0: npt.NDArray[np.float32],
+        input_zero_point_0: npt.NDArray[np.int32],
         bias_0: npt.NDArray[np.float32],
         weight_1: npt.NDArray[np.int8],
         weight_scale_1: npt.NDArray[np.float32],
-        input_scale_1: float,
-        input_zero_point_1: int,
+        input_scale_1: npt.NDArray[np.float32],
+        input_zero_point_1: npt.NDArray[np.int32],
         bias_1: npt.NDArray[np.float32],
         outputs: tuple[trtp.Tensor, trtp.Tensor],
         stream: int,
     ) -> None:
         import torch
 
-        ref = _reference()
-        n0, n1 = int(np.asarray(weight_scale_0).size), int(np.asarray(weight_scale_1).size)
-        params = ref.FusedAttnOffsetParams(
-            ref.Projection(np.asarray(weight_0).reshape(n0, -1), weight_scale_0, input_scale_0,
-                           input_zero_point_0, bias_0),
-            ref.Projection(np.asarray(weight_1).reshape(n1, -1), weight_scale_1, input_scale_1,
-                           input_zero_point_1, bias_1),
-        )
-        x = torch.as_tensor(x_q, device="cuda")
+        attrs = {
+            "weight_0": weight_0, "weight_scale_0": weight_scale_0, "input_scale_0": input_scale_0,
+            "input_zero_point_0": input_zero_point_0, "bias_0": bias_0,
+            "weight_1": weight_1, "weight_scale_1": weight_scale_1, "input_scale_1": input_scale_1,
+            "input_zero_point_1": input_zero_point_1, "bias_1": bias_1,
+        }  # fmt: skip
         with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
-            y0, y1 = ref.fused_attn_offset_prediction_torch(x, None, params)
+            x = torch.as_tensor(x_q, device="cuda")
+            projections = DEVICE_PARAMS.get(attrs, x.device)
+            y0, y1 = _reference().fused_attn_offset_prediction_torch(x, None, projections)
             torch.as_tensor(outputs[0], device="cuda").copy_(y0)
             torch.as_tensor(outputs[1], device="cuda").copy_(y1)
 

@@ -199,7 +199,8 @@ class TensorRTOracle:
         self.reference = dict(reference) if reference is not None else run_model(self.model, self.feeds)
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="rtq_localize_"))
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.build_config = build_config if build_config is not None else _default_build_config()
+        config = build_config if build_config is not None else _default_build_config()
+        self.build_config = config.with_feed_profiles(self.feeds)
         self.builds = 0
         self.engines: dict[frozenset[str], Path] = {}
 

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
+from rtq.backends.tensorrt import build as build_module
 from rtq.backends.tensorrt import compat
 from rtq.backends.tensorrt.build import (
     EngineBuildConfig,
@@ -175,3 +176,56 @@ def test_build_engine_tiny(tmp_path: Path) -> None:
     mtime = plan.stat().st_mtime_ns
     assert build_engine(tmp_path / "m.onnx", plan, config) == plan
     assert plan.stat().st_mtime_ns == mtime  # reused, not rebuilt
+
+
+def test_python_plugin_refuses_the_two_input_form(tmp_path: Path) -> None:
+    """The `tensorrt.plugin` signature has one input; a two-input fused node needs the C++ plugin."""
+    fused = tmp_path / "fused2.onnx"
+    node = helper.make_node("fused_attn_offset_prediction", ["a", "b"], ["y0", "y1"], name="layer0/fused")
+    graph = helper.make_graph(
+        [node],
+        "two",
+        [helper.make_tensor_value_info(n, TensorProto.INT8, ["N", 4]) for n in ("a", "b")],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 2]) for n in ("y0", "y1")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(fused))
+    with pytest.raises(UserError, match="'layer0/fused' has two inputs.*backend.plugin=cpp"):
+        plugin_libraries_for(fused, EngineBuildConfig(fused_plugin="python"))
+
+
+def test_feeds_without_a_profile_get_a_fixed_one() -> None:
+    """Polygraphy would fill a missing profile with 1 in every dynamic dimension."""
+    feeds = {"images": np.zeros((3, 3, 64, 64), np.float32), "orig_target_sizes": np.zeros((3, 2), np.int64)}
+    config = EngineBuildConfig().with_feed_profiles(feeds)
+    assert config.profiles["images"] == InputProfile((3, 3, 64, 64), (3, 3, 64, 64), (3, 3, 64, 64))
+    assert config.profiles["orig_target_sizes"].max == (3, 2)
+    assert BASE.with_feed_profiles({"images": feeds["images"]}) is BASE  # a given profile wins
+
+
+def test_tf32_is_a_recorded_setting() -> None:
+    assert EngineBuildConfig.from_mapping({"tf32": True}).tf32
+    assert EngineBuildConfig.from_mapping({}).tf32 is False
+    cfg = yaml.safe_load((ROOT / "conf" / "backend" / "tensorrt.yaml").read_text())
+    assert cfg["tf32"] is False
+    tf32 = dataclasses.replace(BASE, tf32=True)
+    assert tf32.fingerprint()["tf32"] is True
+    assert engine_cache_key(b"onnx-bytes", tf32, *KEY_ARGS[2:]) != engine_cache_key(*KEY_ARGS)
+
+
+def test_builder_config_passes_tf32_and_embeds_no_plugin_library() -> None:
+    """Polygraphy's CreateConfig gets TF32 as configured; no PostprocessConfig sets
+    `plugins_to_serialize` (for version-compatible engines only; re-registering fails)."""
+    from types import SimpleNamespace
+
+    from polygraphy.backend.trt import CreateConfig
+
+    trt = SimpleNamespace(
+        ProfilingVerbosity=SimpleNamespace(DETAILED="detailed"),
+        MemoryPoolType=SimpleNamespace(WORKSPACE="ws"),
+    )
+    settings = compat.network_settings(compat.TrtFeatures.from_version("10.13.0"), "int8_qdq")
+    for tf32 in (False, True):
+        config = dataclasses.replace(BASE, tf32=tf32, plugin_libraries=(Path("/x/libplugin.so"),))
+        loader = build_module.builder_config_loader(trt, config, settings)
+        assert type(loader) is CreateConfig and loader.tf32 is tf32
+        assert loader.memory_pool_limits == {"ws": BASE.workspace_bytes}

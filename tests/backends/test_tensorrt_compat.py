@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import onnx
@@ -12,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from rtq.backends.tensorrt import compat
 from rtq.errors import StageSkipped, UserError
 
+ROOT = Path(__file__).resolve().parents[2]
 TRT_10 = compat.TrtFeatures.from_version("10.13.0.35")
 TRT_11 = compat.TrtFeatures.from_version("11.1.0")
 TRT_8 = compat.TrtFeatures.from_version("8.6.1")
@@ -111,3 +113,56 @@ def test_load_plugin_library_that_does_not_exist() -> None:
         pytest.skip("TensorRT not installed")
     with pytest.raises(UserError, match="does not exist"):
         compat.load_plugin_libraries(compat.import_tensorrt(), [Path("/nonexistent/libplugin.so")])
+
+
+class _Registry:
+    """`IPluginRegistry.load_library` as TensorRT documents it: a handle, or None on failure."""
+
+    def __init__(self, handle: object) -> None:
+        self.handle, self.calls = handle, 0
+
+    def load_library(self, path: str) -> object:
+        self.calls += 1
+        return self.handle
+
+
+def _trt_with(registry: _Registry) -> compat.TensorRTModule:
+    from types import SimpleNamespace
+
+    trt = SimpleNamespace(__version__="10.13.0", get_plugin_registry=lambda: registry)
+    return cast(compat.TensorRTModule, trt)
+
+
+def test_a_plugin_library_loads_once_per_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(compat, "_LOADED_LIBRARIES", {})
+    library = tmp_path / "libplugin.so"
+    library.write_bytes(b"\x7fELF")
+    registry = _Registry(handle="handle")
+    assert compat.load_plugin_libraries(_trt_with(registry), [library]) == ["handle"]
+    assert compat.load_plugin_libraries(_trt_with(registry), [library]) == ["handle"]
+    assert registry.calls == 1  # a second load_library of the same creators would return None
+
+
+def test_a_library_tensorrt_cannot_load_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(compat, "_LOADED_LIBRARIES", {})
+    library = tmp_path / "libbroken.so"
+    library.write_bytes(b"\x7fELF")
+    with pytest.raises(UserError, match=r"could not load plugin library .*libbroken\.so"):
+        compat.load_plugin_libraries(_trt_with(_Registry(handle=None)), [library])
+    assert not compat._LOADED_LIBRARIES
+
+
+def test_gpu_name_asks_the_driver_not_torch() -> None:
+    """rtq installs CPU torch, which sees no GPU even where TensorRT runs: the name comes from libcuda."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from rtq.backends.tensorrt import compat\n"
+        "from rtq.errors import StageSkipped\n"
+        "try:\n    name = compat.gpu_name(); assert name\n"
+        "except StageSkipped as err:\n    assert 'no CUDA GPU' in str(err)\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -8,9 +8,11 @@ plugin library bytes, the TensorRT version and the GPU. The engine is written ne
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,11 +25,12 @@ from rtq.files import write_atomic
 
 Shape = tuple[int, ...]
 DEFAULT_WORKSPACE_BYTES = 4 << 30
-CACHE_KEY_VERSION = 1  # bump when the build procedure changes what a key stands for
+CACHE_KEY_VERSION = 2  # bump when the build procedure changes what a key stands for
 FUSED_OP = "fused_attn_offset_prediction"
 FUSED_PLUGIN_KINDS = ("cpp", "python")
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 PYTHON_PLUGIN_FILE = PROJECT_ROOT / "plugins" / FUSED_OP / "trt_plugin.py"
+PYTHON_PLUGIN_MODULE = f"plugins.{FUSED_OP}.trt_plugin"
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,8 @@ class EngineBuildConfig:
     plugin_libraries: tuple[Path, ...] = ()
     strongly_typed: bool = True
     builder_optimization_level: int | None = None
+    # TF32 for FP32 layers: TensorRT's own default is on, Polygraphy's off; rtq records which ran.
+    tf32: bool = False
     # Implementation of the fused_attn_offset_prediction node, used only if the ONNX has one.
     fused_plugin: str = "cpp"
     fused_plugin_library: Path | None = None
@@ -109,9 +114,23 @@ class EngineBuildConfig:
             plugin_libraries=tuple(_resolve(p, base) for p in libraries),
             strongly_typed=bool(cfg.get("strongly_typed", True)),
             builder_optimization_level=None if level is None else int(level),
+            tf32=bool(cfg.get("tf32", False)),
             fused_plugin=str(cfg.get("plugin", "cpp")),
             fused_plugin_library=_resolve(Path(fused_library), base) if fused_library else None,
         )
+
+    def with_feed_profiles(self, feeds: Mapping[str, Any]) -> EngineBuildConfig:
+        """This config with a fixed-shape profile (min = opt = max) for each fed input it has none for.
+
+        Without a profile Polygraphy turns every dynamic dimension into 1, so an engine built for
+        a dynamic-batch ONNX would reject feeds of more than one image.
+        """
+        missing = {
+            str(name): InputProfile(*(tuple(int(d) for d in array.shape),) * 3)
+            for name, array in feeds.items()
+            if name not in self.profiles
+        }
+        return dataclasses.replace(self, profiles={**self.profiles, **missing}) if missing else self
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that change the engine. The timing cache only speeds the build up,
@@ -125,6 +144,7 @@ class EngineBuildConfig:
             "workspace_bytes": self.workspace_bytes,
             "strongly_typed": self.strongly_typed,
             "builder_optimization_level": self.builder_optimization_level,
+            "tf32": self.tf32,
             "fused_plugin": self.fused_plugin,
         }
 
@@ -178,6 +198,14 @@ def polygraphy_profiles(config: EngineBuildConfig) -> list[Any]:
     return [profile]
 
 
+def fused_nodes_with_two_inputs(onnx_path: Path) -> list[str]:
+    """Names of fused nodes in the two-input form (`x_q0`, `x_q1`), which only the C++ plugin takes."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return [n.name for n in model.graph.node if n.op_type == FUSED_OP and len([i for i in n.input if i]) > 1]
+
+
 def onnx_op_types(onnx_path: Path) -> set[str]:
     """Op types of the main graph (weights not loaded: only the node list is needed)."""
     import onnx
@@ -186,16 +214,30 @@ def onnx_op_types(onnx_path: Path) -> set[str]:
     return {node.op_type for node in model.graph.node}
 
 
-def register_python_plugin() -> None:
-    """Register the `tensorrt.plugin` form of the fused op (needed where engines build or run)."""
+def python_plugin_module() -> Any:
+    """plugins/<op>/trt_plugin.py as one module per process (under its package name), so its
+    registration guard sees earlier registrations: `tensorrt.plugin` refuses a second one."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("rtq_fused_attn_trt_plugin", PYTHON_PLUGIN_FILE)
+    module = sys.modules.get(PYTHON_PLUGIN_MODULE)
+    if module is not None:
+        return module
+    spec = importlib.util.spec_from_file_location(PYTHON_PLUGIN_MODULE, PYTHON_PLUGIN_FILE)
     if spec is None or spec.loader is None:
         raise UserError(f"cannot load {PYTHON_PLUGIN_FILE}: is the plugins/ folder present?")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not module.register_tensorrt_plugin():
+    sys.modules[PYTHON_PLUGIN_MODULE] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[PYTHON_PLUGIN_MODULE]
+        raise
+    return module
+
+
+def register_python_plugin() -> None:
+    """Register the `tensorrt.plugin` form of the fused op (needed where engines build or run)."""
+    if not python_plugin_module().register_tensorrt_plugin():
         raise UserError(
             "backend.plugin=python needs the tensorrt.plugin module (TensorRT >= 10.6): "
             "upgrade TensorRT or set backend.plugin=cpp"
@@ -208,6 +250,13 @@ def plugin_libraries_for(onnx_path: Path, config: EngineBuildConfig) -> tuple[tu
     if FUSED_OP not in onnx_op_types(onnx_path):
         return tuple(libraries), False
     if config.fused_plugin == "python":
+        two_input = fused_nodes_with_two_inputs(onnx_path)
+        if two_input:
+            raise UserError(
+                f"backend.plugin=python takes the one-input form of {FUSED_OP} only, but node "
+                f"{two_input[0]!r} has two inputs (its projections quantize the query with different "
+                "scales): set backend.plugin=cpp"
+            )
         return tuple(libraries), True
     library = config.fused_plugin_library
     if library is None or not library.is_file():
@@ -289,6 +338,28 @@ def build_engine(
     return out_path
 
 
+def builder_config_loader(trt: Any, config: EngineBuildConfig, settings: compat.NetworkSettings) -> Any:
+    """Polygraphy's `CreateConfig` for this build: flags, profiles, TF32, timing cache, workspace.
+
+    Plugin libraries are loaded into the registry (before parsing and again before deserializing),
+    not embedded with `plugins_to_serialize`: TensorRT documents that for version-compatible engines,
+    and an embedded library registered again at deserialization fails ("Cannot register the library
+    as plugin creator ... exists already").
+    """
+    from polygraphy.backend.trt import CreateConfig
+
+    return CreateConfig(
+        tf32=config.tf32,
+        fp16=settings.fp16_flag or None,
+        int8=settings.int8_flag or None,
+        profiles=polygraphy_profiles(config) or None,
+        load_timing_cache=str(config.timing_cache) if config.timing_cache else None,
+        profiling_verbosity=trt.ProfilingVerbosity.DETAILED,
+        memory_pool_limits={trt.MemoryPoolType.WORKSPACE: config.workspace_bytes},
+        builder_optimization_level=config.builder_optimization_level,
+    )
+
+
 def _build(
     trt: compat.TensorRTModule,
     onnx_path: Path,
@@ -297,13 +368,7 @@ def _build(
     libraries: Sequence[Path],
 ) -> None:
     """Parse, configure and build with Polygraphy loaders, then write plan + inspector JSON."""
-    from polygraphy.backend.trt import (
-        CreateConfig,
-        EngineBytesFromNetwork,
-        EngineFromBytes,
-        NetworkFromOnnxPath,
-        PostprocessConfig,
-    )
+    from polygraphy.backend.trt import EngineBytesFromNetwork, EngineFromBytes, NetworkFromOnnxPath
 
     features = compat.TrtFeatures.from_version(trt.__version__)
     settings = compat.network_settings(features, config.precision, config.strongly_typed)
@@ -313,20 +378,7 @@ def _build(
 
     compat.load_plugin_libraries(trt, libraries)
     network = NetworkFromOnnxPath(str(source), strongly_typed=settings.strongly_typed_flag or None)
-    builder_config = CreateConfig(
-        fp16=settings.fp16_flag or None,
-        int8=settings.int8_flag or None,
-        profiles=polygraphy_profiles(config) or None,
-        load_timing_cache=str(config.timing_cache) if config.timing_cache else None,
-        profiling_verbosity=trt.ProfilingVerbosity.DETAILED,
-        memory_pool_limits={trt.MemoryPoolType.WORKSPACE: config.workspace_bytes},
-        builder_optimization_level=config.builder_optimization_level,
-    )
-    def add_plugins(builder: Any, network: Any, builder_cfg: Any) -> None:
-        compat.set_plugins_to_serialize(trt, builder_cfg, libraries)
-
-    if libraries:
-        builder_config = PostprocessConfig(builder_config, add_plugins)
+    builder_config = builder_config_loader(trt, config, settings)
     timing_cache = str(config.timing_cache) if config.timing_cache else None
     if config.timing_cache is not None:
         config.timing_cache.parent.mkdir(parents=True, exist_ok=True)

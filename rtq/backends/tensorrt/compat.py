@@ -12,7 +12,8 @@ Differences handled:
 - TRT >= 11: every network is strongly typed and the FP16/INT8 builder flags are gone, so FP16
   engines are built from an ONNX converted to fp16 (onnxconverter-common, fp32 I/O kept).
 - Plugin libraries: `IPluginRegistry.load_library` (TRT >= 10, uses the library's
-  `getCreators`) and `IBuilderConfig.plugins_to_serialize`; older versions only have ctypes.
+  `getCreators`; None when it fails or a creator is registered already); older versions only have
+  ctypes. Libraries are loaded once per process and never embedded in the plan.
 - Engine inspector JSON: TRT 10 lists I/O names under "Bindings", TRT 11 objects under
   "I/O Tensors".
 """
@@ -125,10 +126,6 @@ class TrtFeatures:
         return self.major >= 10
 
     @property
-    def has_plugins_to_serialize(self) -> bool:
-        return self.major >= 10
-
-    @property
     def inspector_io_key(self) -> str:
         return "I/O Tensors" if self.major >= 11 else "Bindings"
 
@@ -185,42 +182,45 @@ def convert_onnx_to_fp16(src: Path, dst: Path) -> Path:
     return save_onnx_atomic(converted, dst)
 
 
+# Plugin libraries this process has loaded (resolved path -> handle): TensorRT refuses a second
+# `load_library` of the same creators, so a build followed by a run must not load one twice.
+_LOADED_LIBRARIES: dict[Path, Any] = {}
+
+
 def load_plugin_libraries(trt: TensorRTModule, libraries: Sequence[Path]) -> list[Any]:
     """Load plugin libraries so their creators are registered; keep the handles alive.
 
     TRT >= 10 uses `IPluginRegistry.load_library`, which calls the library's `getCreators`
-    entry point (what `plugin_v3.cpp` exports). Older versions fall back to ctypes, which only
+    entry point (what `plugin_v3.cpp` exports) and returns None when the library cannot be loaded
+    or one of its creators is registered already; that is an error here, at the library, rather
+    than the parser's later "Plugin not found". Older versions fall back to ctypes, which only
     works for libraries that register themselves statically.
     """
     features = TrtFeatures.from_version(trt.__version__)
     handles: list[Any] = []
     for library in libraries:
-        path = Path(library)
+        path = Path(library).resolve()
+        if path in _LOADED_LIBRARIES:
+            handles.append(_LOADED_LIBRARIES[path])
+            continue
         if not path.is_file():
             raise UserError(
                 f"plugin library {path} does not exist: build it with "
                 f"`cmake -S {path.parent.parent} -B {path.parent} && cmake --build {path.parent}`"
             )
         if features.has_load_library:
-            handles.append(trt.get_plugin_registry().load_library(str(path)))
+            handle = trt.get_plugin_registry().load_library(str(path))
+            if handle is None:
+                raise UserError(
+                    f"TensorRT could not load plugin library {path}: it failed to load (wrong TensorRT or "
+                    "CUDA version, no getCreators entry point) or registers a creator another library "
+                    "or the Python plugin already registered; rebuild it against this TensorRT"
+                )
         else:
-            handles.append(ctypes.CDLL(str(path)))
+            handle = ctypes.CDLL(str(path))
+        _LOADED_LIBRARIES[path] = handle
+        handles.append(handle)
     return handles
-
-
-def set_plugins_to_serialize(trt: TensorRTModule, builder_config: Any, libraries: Sequence[Path]) -> bool:
-    """Ask the builder to embed plugin libraries in the plan where the version supports it.
-
-    TensorRT only honours this for version-compatible engines; rtq still loads the libraries
-    before deserializing, so this is a convenience for running the plan elsewhere.
-    """
-    features = TrtFeatures.from_version(trt.__version__)
-    if not libraries or not features.has_plugins_to_serialize:
-        return False
-    if not hasattr(builder_config, "plugins_to_serialize"):
-        return False
-    builder_config.plugins_to_serialize = [str(p) for p in libraries]
-    return True
 
 
 def engine_information(trt: TensorRTModule, engine: CudaEngine) -> dict[str, Any]:
@@ -244,11 +244,27 @@ def engine_io_names(info: dict[str, Any]) -> list[str]:
 
 
 def gpu_name() -> str:
-    """Name of CUDA device 0; engines are only valid on the GPU they were tuned for."""
-    try:
-        import torch
-    except ImportError as err:  # pragma: no cover - torch is a dependency
-        raise StageSkipped("PyTorch is needed to query the GPU name") from err
-    if not torch.cuda.is_available():
-        raise StageSkipped("no CUDA GPU available")
-    return str(torch.cuda.get_device_name(0))
+    """Name of CUDA device 0 (as CUDA numbers them); engines are only valid on the GPU they were tuned for.
+
+    Asked from the CUDA driver (`libcuda`, present wherever the NVIDIA driver is), not from torch:
+    rtq installs the CPU build of torch, which sees no GPU even where TensorRT runs.
+    """
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            driver = ctypes.CDLL(name)
+            break
+        except OSError:
+            continue
+    else:
+        raise StageSkipped("no CUDA GPU available (no NVIDIA driver: libcuda not found)")
+    status = driver.cuInit(0)
+    if status != 0:
+        raise StageSkipped(f"no CUDA GPU available (cuInit returned CUDA error {status})")
+    device = ctypes.c_int()
+    status = driver.cuDeviceGet(ctypes.byref(device), 0)
+    if status != 0:
+        raise StageSkipped(f"no CUDA GPU available (cuDeviceGet returned CUDA error {status})")
+    buffer = ctypes.create_string_buffer(256)
+    if driver.cuDeviceGetName(buffer, len(buffer), device) != 0:
+        raise StageSkipped("no CUDA GPU available (cuDeviceGetName failed)")
+    return buffer.value.decode(errors="replace")
