@@ -29,6 +29,7 @@ for exp in openvino_int8_default openvino_int8_direct openvino_int8_extra_output
 done
 for exp in yolox_fp32 yolox_fp32_capped yolox_int8_all_max yolox_int8_all_entropy yolox_int8_ops_float \
            yolox_int8_convs_float yolox_int8_max yolox_int8_entropy yolox_int8_auto yolox_int8_end2end \
+           yolox_int8_end2end_efficient_nms \
            yolox_openvino_fp32 yolox_openvino_int8_max yolox_openvino_int8_max_unsigned \
            yolox_openvino_int8_all_max_unsigned; do
   $PY -m rtq.run experiment=$exp "results.store=$STORE" "evaluate.sweep_batches=[1,8]" "evaluate.iterations=5"
@@ -115,3 +116,13 @@ $PY -m rtq.table --store "$STORE" --analysis experiments/openvino_rtdetrv2_r18vd
 
 # 8. The CPU benchmark of YOLOX-Nano -> bench_yolox_nano.{md,json}
 $PY -m rtq.bench --model yolox_nano
+
+# 9. The two End2End forms of YOLOX-Nano INT8 on every bundled image, compared exactly (atol 0):
+#    ONNX NonMaxSuppression vs TensorRT's EfficientNMS_TRT run through its reference op -> end2end_nms_forms/
+E2E=runs/experiments/end2end_nms_forms
+rm -rf "$E2E"
+$PY -m rtq.compare --reference "$(run_dir yolox_int8_end2end)/model.end2end_nms.onnx" \
+    --target "$(run_dir yolox_int8_end2end_efficient_nms)/model.end2end_nms.onnx" --model yolox_nano \
+    --images ../shared/data/coco_val2017_mini/val2017 --num-images 80 --atol 0 --rtol 0 --out "$E2E"
+mkdir -p experiments/end2end_nms_forms
+cp "$E2E/report.md" "$E2E/report.json" experiments/end2end_nms_forms/

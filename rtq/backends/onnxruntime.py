@@ -171,6 +171,17 @@ def make_onnxrt_runner(
     return OnnxrtRunner(session, name=name or f"onnxrt-{mode}-{path.stem}")
 
 
+ORT_CONTRIB_DOMAIN = "ai.onnx.contrib"
+# TensorRT plugin op -> (module with `to_ort_domain`, module whose import registers the reference op)
+TENSORRT_PLUGIN_OPS: dict[str, tuple[str, str]] = {
+    "fused_attn_offset_prediction": (
+        "plugins.fused_attn_offset_prediction.ort_model",
+        "plugins.fused_attn_offset_prediction.ort_op",
+    ),
+    "EfficientNMS_TRT": ("plugins.efficient_nms_trt.ort_op", "plugins.efficient_nms_trt.ort_op"),
+}
+
+
 def make_graph_runner(
     onnx_path: str | Path,
     name: str,
@@ -182,25 +193,28 @@ def make_graph_runner(
 ) -> OnnxrtRunner:
     """A runner for any graph rtq writes, plugin nodes included (CPU provider unless told otherwise).
 
-    A graph with `fused_attn_offset_prediction` nodes (TensorRT form, default domain) runs as its
-    `ai.onnx.contrib` copy, written into `work_dir`, through the plugin's reference op.
+    A graph with TensorRT plugin nodes (default domain: `fused_attn_offset_prediction`,
+    `EfficientNMS_TRT`) runs as its `ai.onnx.contrib` copy, written into `work_dir`, through each
+    plugin's reference op (onnxruntime-extensions).
     """
-    from plugins.fused_attn_offset_prediction.reference import OP_TYPE, ORT_DOMAIN
+    import importlib
 
     path = Path(onnx_path)
     if not path.is_file():
         raise UserError(f"ONNX model {path} does not exist; export it first or fix the path")
     model = onnx.load(str(path))
-    uses_contrib = any(node.domain == ORT_DOMAIN for node in model.graph.node)
-    if any(node.op_type == OP_TYPE and node.domain == "" for node in model.graph.node):
-        from plugins.fused_attn_offset_prediction.ort_model import to_ort_domain
-
+    uses_contrib = any(node.domain == ORT_CONTRIB_DOMAIN for node in model.graph.node)
+    present = {node.op_type for node in model.graph.node if node.domain == ""} & set(TENSORRT_PLUGIN_OPS)
+    for op_type in sorted(present):
+        model = importlib.import_module(TENSORRT_PLUGIN_OPS[op_type][0]).to_ort_domain(model)
+    if present:
         work_dir.mkdir(parents=True, exist_ok=True)
         path = work_dir / f"{name}.{path.stem}.ort.onnx"
-        onnx.save(to_ort_domain(model), str(path))
+        onnx.save(model, str(path))
+    if uses_contrib or present:
+        for _, op_module in TENSORRT_PLUGIN_OPS.values():
+            importlib.import_module(op_module)  # registers the Python op
         uses_contrib = True
-    if uses_contrib:
-        import plugins.fused_attn_offset_prediction.ort_op  # noqa: F401  (registers the Python op)
     return make_onnxrt_runner(
         path,
         mode=mode,

@@ -22,16 +22,26 @@ from rtq.errors import UserError, exit_on_user_error
 ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
 
 
-def image_feeds(folder: str | Path, num_images: int, batch_size: int = 1) -> list[dict[str, np.ndarray]]:
-    """RT-DETR feeds (``images``, ``orig_target_sizes``) from the first images of a folder."""
+def image_feeds(
+    folder: str | Path, num_images: int, batch_size: int = 1, model: str | None = None
+) -> list[dict[str, np.ndarray]]:
+    """Feeds from the first images of a folder, preprocessed as `model` (conf/model/<name>.yaml) does;
+    RT-DETR's (``images``, ``orig_target_sizes``) when no model is named."""
     from rtq.data.calib import calibration_batches, find_calibration_images
     from rtq.data.coco import load_rgb
-    from rtq.models.rtdetr import RTDETRIO
 
     if num_images <= 0:
         raise UserError(f"--num-images {num_images} must be positive")
+    if model is None:
+        from rtq.models.rtdetr import RTDETRIO
+
+        io: Any = RTDETRIO()
+    else:
+        from rtq.debug.inputs import load_named_detector
+
+        io = load_named_detector(model).io
     paths = find_calibration_images(folder)[:num_images]
-    return list(calibration_batches((load_rgb(p) for p in paths), RTDETRIO(), batch_size))
+    return list(calibration_batches((load_rgb(p) for p in paths), io, batch_size))
 
 
 def random_feeds(runner: Any, iterations: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
@@ -63,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = conf_section("compare")  # the `compare:` block of conf/config.yaml, shared with rtq.run
     p.add_argument("--reference", required=True, help="reference ONNX (run in ORT reference mode)")
     p.add_argument("--target", required=True, help="target ONNX or TensorRT engine")
-    p.add_argument("--images", help="folder of images (RT-DETR preprocessing); default: random feeds")
+    p.add_argument("--images", help="folder of images (preprocessed as --model); default: random feeds")
+    p.add_argument("--model", help="conf/model name whose preprocessing makes the feeds (default: RT-DETR's)")
     p.add_argument(
         "--num-images",
         type=int,
@@ -97,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not target.is_file():
         raise UserError(f"--target {target} does not exist")
     if args.images:
-        feeds = image_feeds(args.images, args.num_images, args.batch_size)
+        feeds = image_feeds(args.images, args.num_images, args.batch_size, args.model)
     else:
         feeds = random_feeds(make_graph_runner(args.reference, "reference", out), args.num_images)
     if target.suffix in ENGINE_SUFFIXES:

@@ -31,8 +31,9 @@ def result_row(
         "dataset": str(cfg.data.name),
         "data_root": str(cfg.data.root),
     }
-    if ran.get("compiler"):
-        row["compiler"] = ran["compiler"]
+    for key in ("compiler", "device", "build_flags"):
+        if ran.get(key):
+            row[key] = ran[key]
     if ran.get("settings"):
         row["backend_settings"] = ran["settings"]
     row.update(evaluation)

@@ -66,11 +66,19 @@ def target_runner(ctx: StageContext, mode: Any) -> tuple[Any, dict[str, Any]]:
         }
         return make_openvino_runner(model, settings, name="target"), label
     if art.engine is not None:
+        from rtq.backends.tensorrt.build import read_build_info
         from rtq.backends.tensorrt.runner import make_trt_runner
 
         precision = str(backend.get("precision", "fp32"))
         precision = "int8" if precision == "int8_qdq" else precision
-        label = {"backend": art.engine_compiler, "precision": precision, "compiler": _version("tensorrt")}
+        built = read_build_info(art.engine) or {}
+        label = {
+            "backend": art.engine_compiler,
+            "precision": precision,
+            "compiler": f"tensorrt {built['tensorrt']}" if built.get("tensorrt") else _version("tensorrt"),
+            "device": built.get("gpu", ""),
+            "build_flags": built.get("build_flags", ""),
+        }
         return make_trt_runner(art.engine), label
     if backend.get("name") == "torch":
         model = art.deployed_torch_model

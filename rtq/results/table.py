@@ -21,6 +21,8 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("weights", "Weights", "s"),
     ("backend", "Backend", "s"),
     ("compiler", "Compiler", "s"),
+    ("device", "Device", "s"),
+    ("build_flags", "Build flags", "s"),
     ("precision", "Precision", "s"),
     ("recipe", "Recipe", "s"),
     ("ap", "AP", ".2f"),
@@ -31,6 +33,13 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("num_images", "Images", "d"),
 )
 MISSING = "—"
+# Columns only compiled rows fill (TensorRT: GPU, builder flags): left out of a table no row fills.
+OPTIONAL_COLUMNS = frozenset({"device", "build_flags"})
+
+
+def columns_for(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """The table's columns for these rows: every optional one only when some row has it."""
+    return [c for c in COLUMNS if c[0] not in OPTIONAL_COLUMNS or any(row.get(c[0]) for row in rows)]
 
 
 def configuration_key(row: dict[str, Any]) -> tuple[str, ...]:
@@ -59,9 +68,10 @@ def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """One Markdown table of `rows`, as they are (no de-duplication)."""
-    header = "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"
-    align = "| " + " | ".join("---" if fmt == "s" else "---:" for _, _, fmt in COLUMNS) + " |"
-    body = ["| " + " | ".join(_cell(row, key, fmt) for key, _, fmt in COLUMNS) + " |" for row in rows]
+    columns = columns_for(rows)
+    header = "| " + " | ".join(title for _, title, _ in columns) + " |"
+    align = "| " + " | ".join("---" if fmt == "s" else "---:" for _, _, fmt in columns) + " |"
+    body = ["| " + " | ".join(_cell(row, key, fmt) for key, _, fmt in columns) + " |" for row in rows]
     return "\n".join([header, align, *body]) + "\n"
 
 
@@ -130,7 +140,7 @@ def render_markdown(rows: Sequence[dict[str, Any]], latest: bool = True) -> str:
 def render_csv(rows: Sequence[dict[str, Any]], latest: bool = True) -> str:
     """CSV with the experiment and every table column, raw (unformatted) values."""
     selected = latest_rows(list(rows)) if latest else list(rows)
-    keys = [key for key, _, _ in COLUMNS]
+    keys = [key for key, _, _ in columns_for(selected)]
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()

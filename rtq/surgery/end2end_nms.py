@@ -1,10 +1,16 @@
-"""Graph pass: append YOLOX box decoding and class-wise ONNX NonMaxSuppression to the network.
+"""Graph pass: append YOLOX box decoding and class-wise NMS to the network (ONNX or TensorRT's plugin).
 
 With decoding and NMS inside the graph, the engine hands back at most `top_k` final detections per
-image (`num_dets`, `det_boxes`, `det_scores`, `det_classes`) and the host only undoes the
-letterbox. Only standard ONNX ops are used (NonMaxSuppression, ScatterND, TopK, GatherElements),
-all of which ONNX Runtime and TensorRT's ONNX parser support, and every shape is computed from the
-batch at run time, so a symbolic batch `N` stays symbolic.
+image (`num_dets` int32, `det_boxes`, `det_scores`, `det_classes` int32, zero past `num_dets`: the
+TensorRT End2End convention) and the host only undoes the letterbox. By default only standard ONNX
+ops are used (NonMaxSuppression, ScatterND, TopK, GatherElements), all of which ONNX Runtime and
+TensorRT's ONNX parser support, and every shape is computed from the batch at run time, so a
+symbolic batch `N` stays symbolic.
+
+`nms: efficient_nms_trt` writes TensorRT's `EfficientNMS_TRT` plugin node instead of the ONNX ops
+(the TensorRT End2End form; on CPU it runs through `plugins/efficient_nms_trt`'s reference op). Its
+rules differ from the ONNX form only at the margins: scores `>=` and IoU `>=` the thresholds, and
+only the best 5000 (box, class) candidates of an image enter NMS.
 
 Class-wise NMS falls out of ONNX NonMaxSuppression itself, which runs per score column (class).
 Selected (image, class, anchor) triples are scattered back into a zero score map and the best
@@ -30,7 +36,9 @@ DEFAULTS: dict[str, Any] = {
     "top_k": 100,
     "iou_threshold": 0.65,
     "score_threshold": 0.001,
+    "nms": "onnx",  # onnx: standard ONNX ops | efficient_nms_trt: TensorRT's EfficientNMS_TRT plugin
 }
+NMS_FORMS = ("onnx", "efficient_nms_trt")
 
 
 @register_pass(PASS_NAME)
@@ -46,6 +54,9 @@ def end2end_nms(graph: Any, options: Mapping[str, Any]) -> PassReport:
         )
         return report
     opts = {**DEFAULTS, **options}
+    if opts["nms"] not in NMS_FORMS:
+        report.unmatched.append(Unmatched("options", f"nms={opts['nms']!r}; choose one of {list(NMS_FORMS)}"))
+        return report
     raw = next((t for t in graph.outputs if t.name == opts["output"]), None)
     if raw is None:
         names = [t.name for t in graph.outputs]
@@ -128,6 +139,9 @@ def end2end_nms(graph: Any, options: Mapping[str, Any]) -> PassReport:
     half = op("Mul", [size, const("half", np.array(0.5, np.float32))])
     boxes = op("Concat", [op("Sub", [centre, half]), op("Add", [centre, half])], {"axis": 2})
     scores = op("Mul", [part(4, 5), part(5, 5 + num_classes)])  # [N, A, C]
+    if opts["nms"] == "efficient_nms_trt":
+        _efficient_nms_node(graph, boxes, scores, raw.shape[0], top_k, opts, report)
+        return report
     class_scores = op("Transpose", [scores], {"perm": [0, 2, 1]})  # [N, C, A]
 
     selected = op(
@@ -180,11 +194,14 @@ def end2end_nms(graph: Any, options: Mapping[str, Any]) -> PassReport:
         np.int32,
         out=gs.Variable("num_dets", dtype=np.int32, shape=[raw.shape[0], 1]),
     )
+    # int32 classes, 0 past num_dets: the End2End convention of TensorRT's EfficientNMS_TRT, so both
+    # NMS forms of this pass give the same outputs.
     det_classes = op(
-        "Where",
-        [valid, class_index, const("minus_one", np.array(-1, i64))],
-        dtype=i64,
-        out=gs.Variable("det_classes", dtype=i64, shape=[raw.shape[0], top_k]),
+        "Cast",
+        [op("Mul", [class_index, op("Cast", [valid], {"to": 7}, dtype=i64)], dtype=i64)],
+        {"to": 6},
+        dtype=np.int32,
+        out=gs.Variable("det_classes", dtype=np.int32, shape=[raw.shape[0], top_k]),
     )
     gather_index = op(
         "Expand",
@@ -205,6 +222,45 @@ def end2end_nms(graph: Any, options: Mapping[str, Any]) -> PassReport:
     )
     report.changed.append(
         "outputs are now num_dets [N,1] int32, det_boxes [N,K,4], det_scores [N,K], "
-        "det_classes [N,K] int64 (boxes in network pixels, padding class -1)"
+        "det_classes [N,K] int32 (boxes in network pixels, zero padding)"
     )
     return report
+
+
+def _efficient_nms_node(
+    graph: Any, boxes: Any, scores: Any, batch: Any, top_k: int, opts: Mapping[str, Any], report: PassReport
+) -> None:
+    """boxes [N, A, 4] xyxy and scores [N, A, C] -> one EfficientNMS_TRT node and the End2End outputs."""
+    import onnx_graphsurgeon as gs
+
+    from plugins.efficient_nms_trt.reference import OP_TYPE, EfficientNmsAttributes
+
+    attrs = EfficientNmsAttributes(
+        score_threshold=float(opts["score_threshold"]),
+        iou_threshold=float(opts["iou_threshold"]),
+        max_output_boxes=top_k,
+    )
+    outputs = [
+        gs.Variable("num_dets", dtype=np.int32, shape=[batch, 1]),
+        gs.Variable("det_boxes", dtype=np.float32, shape=[batch, top_k, 4]),
+        gs.Variable("det_scores", dtype=np.float32, shape=[batch, top_k]),
+        gs.Variable("det_classes", dtype=np.int32, shape=[batch, top_k]),
+    ]
+    node = gs.Node(
+        OP_TYPE,
+        name=f"{PASS_NAME}/{OP_TYPE}",
+        attrs=attrs.node_attributes(),
+        inputs=[boxes, scores],
+        outputs=outputs,
+    )
+    graph.nodes.append(node)
+    graph.outputs = outputs
+    report.changed.append("decoded the raw output into xyxy boxes and objectness * class scores")
+    report.changed.append(
+        f"added {OP_TYPE} (class-wise, IoU >= {attrs.iou_threshold}, score >= {attrs.score_threshold}, "
+        f"top {top_k}; TensorRT plugin, reference op plugins/efficient_nms_trt for CPU)"
+    )
+    report.changed.append(
+        "outputs are now num_dets [N,1] int32, det_boxes [N,K,4], det_scores [N,K], det_classes [N,K] int32 "
+        "(boxes in network pixels, zero padding)"
+    )

@@ -229,3 +229,9 @@ def test_builder_config_passes_tf32_and_embeds_no_plugin_library() -> None:
         loader = build_module.builder_config_loader(trt, config, settings)
         assert type(loader) is CreateConfig and loader.tf32 is tf32
         assert loader.memory_pool_limits == {"ws": BASE.workspace_bytes}
+
+
+def test_flags_label_names_what_the_results_row_shows() -> None:
+    assert BASE.flags_label() == "int8_qdq strongly-typed tf32=off"
+    tuned = dataclasses.replace(BASE, tf32=True, strongly_typed=False, builder_optimization_level=5)
+    assert tuned.flags_label() == "int8_qdq weakly-typed tf32=on opt=5"

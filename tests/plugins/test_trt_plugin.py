@@ -21,7 +21,7 @@ from plugins.fused_attn_offset_prediction.reference import (
     Projection,
     fused_attn_offset_prediction,
 )
-from rtq.backends.tensorrt import build
+from rtq.backends.tensorrt import python_plugin as build
 
 
 class _Registry(types.ModuleType):

@@ -83,6 +83,13 @@ def test_markdown_and_csv() -> None:
     )
     assert "| — |" in lines[3] and "a\\|b" in lines[3]
 
+    engine = row(backend="tensorrt", compiler="tensorrt 10.13.0", device="NVIDIA L4",
+                 build_flags="int8_qdq strongly-typed tf32=off")
+    header = markdown_table([row(), engine]).splitlines()[0]
+    assert "| Compiler | Device | Build flags | Precision |" in header  # a TensorRT row adds them
+    assert "| NVIDIA L4 | int8_qdq strongly-typed tf32=off |" in markdown_table([engine])
+    assert render_csv([engine]).splitlines()[0].split(",")[4:7] == ["compiler", "device", "build_flags"]
+
     doc = render_markdown([row(ap=1.0), row(ap=2.0), row(experiment="int8")])
     assert "| baseline |" in doc and "| int8 |" in doc
     assert "| 2.00 |" in doc and "| 1.00 |" not in doc

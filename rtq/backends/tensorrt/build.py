@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import json
 import shutil
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,17 +19,21 @@ from pathlib import Path
 from typing import Any
 
 from rtq.backends.tensorrt import compat
+from rtq.backends.tensorrt.python_plugin import (
+    FUSED_OP,
+    PROJECT_ROOT,
+    PYTHON_PLUGIN_FILE,
+    fused_nodes_with_two_inputs,
+    onnx_op_types,
+    register_python_plugin,
+)
 from rtq.errors import UserError
 from rtq.files import write_atomic
 
 Shape = tuple[int, ...]
 DEFAULT_WORKSPACE_BYTES = 4 << 30
 CACHE_KEY_VERSION = 2  # bump when the build procedure changes what a key stands for
-FUSED_OP = "fused_attn_offset_prediction"
 FUSED_PLUGIN_KINDS = ("cpp", "python")
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
-PYTHON_PLUGIN_FILE = PROJECT_ROOT / "plugins" / FUSED_OP / "trt_plugin.py"
-PYTHON_PLUGIN_MODULE = f"plugins.{FUSED_OP}.trt_plugin"
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,14 @@ class EngineBuildConfig:
         }
         return dataclasses.replace(self, profiles={**self.profiles, **missing}) if missing else self
 
+    def flags_label(self) -> str:
+        """The builder settings a results row shows, e.g. `int8_qdq strongly-typed tf32=off opt=3`."""
+        parts = [self.precision, "strongly-typed" if self.strongly_typed else "weakly-typed"]
+        parts.append(f"tf32={'on' if self.tf32 else 'off'}")
+        if self.builder_optimization_level is not None:
+            parts.append(f"opt={self.builder_optimization_level}")
+        return " ".join(parts)
+
     def fingerprint(self) -> dict[str, Any]:
         """The settings that change the engine. The timing cache only speeds the build up,
         and plugin libraries enter the key through their bytes, not their paths."""
@@ -198,52 +209,6 @@ def polygraphy_profiles(config: EngineBuildConfig) -> list[Any]:
     return [profile]
 
 
-def fused_nodes_with_two_inputs(onnx_path: Path) -> list[str]:
-    """Names of fused nodes in the two-input form (`x_q0`, `x_q1`), which only the C++ plugin takes."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    return [n.name for n in model.graph.node if n.op_type == FUSED_OP and len([i for i in n.input if i]) > 1]
-
-
-def onnx_op_types(onnx_path: Path) -> set[str]:
-    """Op types of the main graph (weights not loaded: only the node list is needed)."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    return {node.op_type for node in model.graph.node}
-
-
-def python_plugin_module() -> Any:
-    """plugins/<op>/trt_plugin.py as one module per process (under its package name), so its
-    registration guard sees earlier registrations: `tensorrt.plugin` refuses a second one."""
-    import importlib.util
-
-    module = sys.modules.get(PYTHON_PLUGIN_MODULE)
-    if module is not None:
-        return module
-    spec = importlib.util.spec_from_file_location(PYTHON_PLUGIN_MODULE, PYTHON_PLUGIN_FILE)
-    if spec is None or spec.loader is None:
-        raise UserError(f"cannot load {PYTHON_PLUGIN_FILE}: is the plugins/ folder present?")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PYTHON_PLUGIN_MODULE] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[PYTHON_PLUGIN_MODULE]
-        raise
-    return module
-
-
-def register_python_plugin() -> None:
-    """Register the `tensorrt.plugin` form of the fused op (needed where engines build or run)."""
-    if not python_plugin_module().register_tensorrt_plugin():
-        raise UserError(
-            "backend.plugin=python needs the tensorrt.plugin module (TensorRT >= 10.6): "
-            "upgrade TensorRT or set backend.plugin=cpp"
-        )
-
-
 def plugin_libraries_for(onnx_path: Path, config: EngineBuildConfig) -> tuple[tuple[Path, ...], bool]:
     """(libraries to load, whether the Python plugin is needed) for this ONNX and config."""
     libraries = list(config.plugin_libraries)
@@ -307,7 +272,8 @@ def build_engine(
     digests = [file_digest(p) for p in libraries]
     if python_plugin:
         digests.append(file_digest(PYTHON_PLUGIN_FILE))
-    key = engine_cache_key(onnx_path.read_bytes(), config, trt.__version__, compat.gpu_name(), digests)
+    gpu = compat.gpu_name()
+    key = engine_cache_key(onnx_path.read_bytes(), config, trt.__version__, gpu, digests)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     previous = read_build_info(out_path)
     if out_path.is_file() and previous is not None and previous.get("cache_key") == key:
@@ -329,6 +295,8 @@ def build_engine(
         "cache_key": key,
         "onnx": str(onnx_path),
         "tensorrt": trt.__version__,
+        "gpu": gpu,
+        "build_flags": config.flags_label(),
         "config": config.fingerprint(),
         "plugin_libraries": [str(p) for p in libraries],
         "python_plugin": python_plugin,

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from rtq.backends.tensorrt import compat
-from rtq.backends.tensorrt.build import read_build_info, register_python_plugin
+from rtq.backends.tensorrt.build import read_build_info
+from rtq.backends.tensorrt.python_plugin import register_python_plugin
 from rtq.errors import UserError
 
 
