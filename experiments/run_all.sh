@@ -18,7 +18,7 @@ mkdir -p runs/experiments
 common=("results.store=$STORE" "evaluate.sweep_batches=[1,4]" "evaluate.iterations=3")
 rtdetr=("model.checkpoint=$CKPT" "data.max_images=16" "quant.calib.max_images=16" "quant.calib.batch_size=4"
         "compare.num_images=2")
-for exp in fp32_torch fp32_onnx openvino_fp32; do
+for exp in fp32_torch fp32_onnx openvino_fp32 gridsample_decomposed openvino_gridsample_decomposed; do
   $PY -m rtq.run experiment=$exp "model.checkpoint=$CKPT" data.max_images=16 "${common[@]}"
 done
 for exp in int8_default int8_histogram int8_offsets_float int8_no_backbone int8_extra_outputs int8_fused_plugin; do
