@@ -69,12 +69,12 @@ def target_runner(ctx: StageContext, mode: Any) -> tuple[Any, dict[str, Any]]:
         from rtq.backends.tensorrt.build import read_build_info
         from rtq.backends.tensorrt.runner import make_trt_runner
 
-        precision = str(backend.get("precision", "fp32"))
-        precision = "int8" if precision == "int8_qdq" else precision
         built = read_build_info(art.engine) or {}
+        precision = str(backend.get("precision", "fp32"))
+        precision = str(built.get("precision_built") or ("int8" if precision == "int8_qdq" else precision))
         label = {
             "backend": art.engine_compiler,
-            "precision": precision,
+            "precision": precision.replace(" ", "_"),  # what was built: int8_fp32, int8_fp16, fp16, fp32
             "compiler": f"tensorrt {built['tensorrt']}" if built.get("tensorrt") else _version("tensorrt"),
             "device": built.get("gpu", ""),
             "build_flags": built.get("build_flags", ""),

@@ -36,12 +36,14 @@ def test_features_by_version() -> None:
 
 
 @pytest.mark.parametrize("features", [TRT_10, TRT_11])
-@pytest.mark.parametrize("precision", ["int8_qdq", "fp16", "fp32"])
+@pytest.mark.parametrize("precision", ["int8_qdq", "int8_fp16", "fp16", "fp32"])
 def test_strongly_typed_never_sets_precision_flags(features: compat.TrtFeatures, precision: str) -> None:
     settings = compat.network_settings(features, precision, strongly_typed=True)
     assert settings.strongly_typed
     assert not settings.fp16_flag and not settings.int8_flag
-    assert settings.convert_onnx_to_fp16 == (precision == "fp16")
+    assert settings.convert_onnx_to_fp16 == (precision in ("fp16", "int8_fp16"))
+    built = {"int8_qdq": "int8 fp32", "int8_fp16": "int8 fp16", "fp16": "fp16", "fp32": "fp32"}
+    assert settings.built == built[precision]  # the same engine on TensorRT 10 and 11
     assert settings.strongly_typed_flag == (features is TRT_10)
     assert settings.explicit_batch is None
 
@@ -49,12 +51,19 @@ def test_strongly_typed_never_sets_precision_flags(features: compat.TrtFeatures,
 def test_weakly_typed_on_trt10_uses_builder_flags() -> None:
     int8 = compat.network_settings(TRT_10, "int8_qdq", strongly_typed=False)
     assert (int8.strongly_typed, int8.int8_flag, int8.fp16_flag, int8.convert_onnx_to_fp16) == (
-        False, True, True, False,
+        False,
+        True,
+        True,
+        False,
     )
     fp16 = compat.network_settings(TRT_10, "fp16", strongly_typed=False)
     assert fp16.fp16_flag and not fp16.int8_flag and not fp16.convert_onnx_to_fp16
     fp32 = compat.network_settings(TRT_10, "fp32", strongly_typed=False)
     assert not fp32.fp16_flag and not fp32.int8_flag
+    # weakly typed INT8 lets the builder pick fp16 around it: the row must say int8 fp16, not int8
+    assert (
+        int8.built == "int8 fp16" and compat.network_settings(TRT_10, "int8_fp16", False).built == "int8 fp16"
+    )
 
 
 def test_trt11_ignores_weak_typing_request() -> None:
@@ -78,13 +87,21 @@ def test_engine_io_names_both_schemas() -> None:
 
 
 def _tiny_float_model(path: Path) -> None:
-    weight = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(3, 4), "w")
+    weights = [
+        numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(3, 4) / 10, "w"),
+        numpy_helper.from_array(np.ones((4, 4), np.float32), "w2"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="mm0"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm1"),
+    ]
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        nodes,
         "tiny",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
-        [weight],
+        weights,
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
 
@@ -96,7 +113,7 @@ def test_convert_onnx_to_fp16_keeps_float32_io(tmp_path: Path) -> None:
     model = onnx.load(str(dst))
     assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
     assert model.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
-    assert model.graph.initializer[0].data_type == TensorProto.FLOAT16
+    assert TensorProto.FLOAT16 in {init.data_type for init in model.graph.initializer}
     assert "Cast" in {node.op_type for node in model.graph.node}
 
 
@@ -166,3 +183,42 @@ def test_gpu_name_asks_the_driver_not_torch() -> None:
         "assert 'torch' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_int8_fp16_conversion_keeps_the_qdq_pairs_and_runs(tmp_path: Path) -> None:
+    """modelopt's autocast on a Q/DQ graph: Q/DQ kept, float parts fp16, fp32 I/O, close to the fp32 graph."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(16, 8)).astype(np.float32)
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q"),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq"),
+        helper.make_node("MatMul", ["xd", "w"], ["mm"], name="mm"),
+        helper.make_node("Relu", ["mm"], ["y"], name="relu"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "qdq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+        [
+            numpy_helper.from_array(np.array(0.02, np.float32), "s"),
+            numpy_helper.from_array(np.array(0, np.int8), "z"),
+            numpy_helper.from_array(weight, "w"),
+        ],
+    )
+    src, dst = tmp_path / "qdq.onnx", tmp_path / "qdq.fp16.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    compat.convert_onnx_to_fp16(src, dst)
+    model = onnx.load(str(dst))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") == 1 and ops.count("DequantizeLinear") == 1
+    assert {i.name: i.data_type for i in model.graph.initializer}["w"] == TensorProto.FLOAT16
+    assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    x = rng.normal(size=(3, 16)).astype(np.float32)
+    want, got = (
+        ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        for p in (src, dst)
+    )
+    assert got.dtype == np.float32 and np.abs(got - want).max() < 1e-2 * (1 + np.abs(want).max())

@@ -135,9 +135,12 @@ class EngineBuildConfig:
         }
         return dataclasses.replace(self, profiles={**self.profiles, **missing}) if missing else self
 
-    def flags_label(self) -> str:
-        """The builder settings a results row shows, e.g. `int8_qdq strongly-typed tf32=off opt=3`."""
-        parts = [self.precision, "strongly-typed" if self.strongly_typed else "weakly-typed"]
+    def flags_label(self, settings: compat.NetworkSettings | None = None) -> str:
+        """The builder settings a results row shows, e.g. `int8 fp16 strongly-typed tf32=off opt=3`
+        (what was built, given the version's `settings`; else the configured precision)."""
+        typed = self.strongly_typed if settings is None else settings.strongly_typed
+        built = self.precision if settings is None else settings.built
+        parts = [built, "strongly-typed" if typed else "weakly-typed"]
         parts.append(f"tf32={'on' if self.tf32 else 'off'}")
         if self.builder_optimization_level is not None:
             parts.append(f"opt={self.builder_optimization_level}")
@@ -273,6 +276,8 @@ def build_engine(
     if python_plugin:
         digests.append(file_digest(PYTHON_PLUGIN_FILE))
     gpu = compat.gpu_name()
+    features = compat.TrtFeatures.from_version(trt.__version__)
+    settings = compat.network_settings(features, config.precision, config.strongly_typed)
     key = engine_cache_key(onnx_path.read_bytes(), config, trt.__version__, gpu, digests)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     previous = read_build_info(out_path)
@@ -286,7 +291,7 @@ def build_engine(
     else:
         if python_plugin:
             register_python_plugin()
-        _build(trt, onnx_path, out_path, config, libraries)
+        _build(trt, onnx_path, out_path, config, libraries, settings)
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(out_path, cached)
@@ -296,7 +301,8 @@ def build_engine(
         "onnx": str(onnx_path),
         "tensorrt": trt.__version__,
         "gpu": gpu,
-        "build_flags": config.flags_label(),
+        "precision_built": settings.built,
+        "build_flags": config.flags_label(settings),
         "config": config.fingerprint(),
         "plugin_libraries": [str(p) for p in libraries],
         "python_plugin": python_plugin,
@@ -334,12 +340,11 @@ def _build(
     out_path: Path,
     config: EngineBuildConfig,
     libraries: Sequence[Path],
+    settings: compat.NetworkSettings,
 ) -> None:
     """Parse, configure and build with Polygraphy loaders, then write plan + inspector JSON."""
     from polygraphy.backend.trt import EngineBytesFromNetwork, EngineFromBytes, NetworkFromOnnxPath
 
-    features = compat.TrtFeatures.from_version(trt.__version__)
-    settings = compat.network_settings(features, config.precision, config.strongly_typed)
     source = onnx_path
     if settings.convert_onnx_to_fp16:
         source = compat.convert_onnx_to_fp16(onnx_path, out_path.with_name(out_path.stem + ".fp16.onnx"))

@@ -10,7 +10,9 @@ Differences handled:
 - TRT 10: strong typing is opt-in (STRONGLY_TYPED flag) and excludes precision flags; weakly
   typed builds take FP16/INT8 builder flags.
 - TRT >= 11: every network is strongly typed and the FP16/INT8 builder flags are gone, so FP16
-  engines are built from an ONNX converted to fp16 (onnxconverter-common, fp32 I/O kept).
+  engines (and INT8 engines with FP16 elsewhere) are built from an ONNX whose float parts modelopt's
+  autocast converted to fp16 (Q/DQ pairs and fp32 I/O kept). Every engine records what was built
+  (`NetworkSettings.built`: "int8 fp32", "int8 fp16", "fp16", "fp32"), whatever the flags were.
 - Plugin libraries: `IPluginRegistry.load_library` (TRT >= 10, uses the library's
   `getCreators`; None when it fails or a creator is registered already); older versions only have
   ctypes. Libraries are loaded once per process and never embedded in the plan.
@@ -31,8 +33,12 @@ from typing import Any, Literal, Protocol, cast
 from rtq.errors import StageSkipped, UserError
 from rtq.files import save_onnx_atomic
 
-Precision = Literal["int8_qdq", "fp16", "fp32"]
-PRECISIONS: tuple[str, ...] = ("int8_qdq", "fp16", "fp32")
+Precision = Literal["int8_qdq", "int8_fp16", "fp16", "fp32"]
+# int8_qdq: INT8 where the Q/DQ ONNX says, float parts as typed there (fp32 when strongly typed);
+# int8_fp16: the same with the float parts in fp16 ("INT8 with FP16 elsewhere").
+PRECISIONS: tuple[str, ...] = ("int8_qdq", "int8_fp16", "fp16", "fp32")
+# Plugin ops the fp16 conversion leaves alone (their I/O types are the plugin's, not ONNX's).
+PLUGIN_OPS = ("fused_attn_offset_prediction", "EfficientNMS_TRT")
 TRT_MISSING = "TensorRT not installed"
 
 
@@ -140,19 +146,27 @@ class NetworkSettings:
     fp16_flag: bool
     int8_flag: bool
     convert_onnx_to_fp16: bool
+    int8: bool = False  # INT8 layers: Q/DQ pairs (strongly typed) or the INT8 flag (weakly typed)
+
+    @property
+    def built(self) -> str:
+        """What the engine runs: INT8 layers or not, and the precision of the float parts."""
+        half = self.fp16_flag or self.convert_onnx_to_fp16
+        return f"{'int8 ' if self.int8 else ''}{'fp16' if half else 'fp32'}"
 
 
 def network_settings(features: TrtFeatures, precision: str, strongly_typed: bool = True) -> NetworkSettings:
     """Pick network flags / builder flags / ONNX conversion for `precision`.
 
     Strongly typed (the default, and the only mode on TRT 11) means types come from the ONNX:
-    Q/DQ pairs make INT8 layers, fp32 elsewhere; FP16 needs an fp16 ONNX. Weakly typed (TRT 10
-    only, `strongly_typed=False`) lets the builder pick FP16 for non-quantized layers.
+    Q/DQ pairs make INT8 layers, fp32 elsewhere; FP16 (also around INT8) needs an fp16 ONNX. Weakly
+    typed (TRT 10 only, `strongly_typed=False`) lets the builder pick FP16 for non-quantized layers.
     """
     if precision not in PRECISIONS:
         raise UserError(f"backend.precision={precision!r} is not one of {', '.join(PRECISIONS)}")
     typed = strongly_typed or features.always_strongly_typed
     explicit_batch = True if features.needs_explicit_batch_flag else None
+    int8 = precision.startswith("int8")
     if typed:
         return NetworkSettings(
             explicit_batch=explicit_batch,
@@ -160,25 +174,29 @@ def network_settings(features: TrtFeatures, precision: str, strongly_typed: bool
             strongly_typed=True,
             fp16_flag=False,
             int8_flag=False,
-            convert_onnx_to_fp16=precision == "fp16",
+            convert_onnx_to_fp16=precision in ("fp16", "int8_fp16"),
+            int8=int8,
         )
     return NetworkSettings(
         explicit_batch=explicit_batch,
         strongly_typed_flag=False,
         strongly_typed=False,
-        fp16_flag=precision in ("fp16", "int8_qdq"),
-        int8_flag=precision == "int8_qdq",
+        fp16_flag=precision in ("fp16", "int8_qdq", "int8_fp16"),
+        int8_flag=int8,
         convert_onnx_to_fp16=False,
+        int8=int8,
     )
 
 
 def convert_onnx_to_fp16(src: Path, dst: Path) -> Path:
-    """Write an fp16 copy of `src` with fp32 inputs/outputs kept, so feeds stay unchanged."""
+    """Write a copy of `src` whose float parts are fp16 (modelopt's autocast), Q/DQ pairs and fp32
+    inputs/outputs kept, so a strongly typed network builds FP16 layers and feeds stay unchanged."""
     import onnx
-    from onnxconverter_common import float16
+    from modelopt.onnx.autocast import convert_to_f16
 
     model = onnx.load(str(src))
-    converted = float16.convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+    plugins = sorted({n.op_type for n in model.graph.node if n.op_type in PLUGIN_OPS})
+    converted = convert_to_f16(model, low_precision_type="fp16", keep_io_types=True, op_block_list=plugins)
     return save_onnx_atomic(converted, dst)
 
 
