@@ -235,3 +235,11 @@ def test_flags_label_names_what_the_results_row_shows() -> None:
     assert BASE.flags_label() == "int8_qdq strongly-typed tf32=off"
     tuned = dataclasses.replace(BASE, tf32=True, strongly_typed=False, builder_optimization_level=5)
     assert tuned.flags_label() == "int8_qdq weakly-typed tf32=on opt=5"
+
+
+def test_installed_polygraphy_guards_removed_layer_attributes() -> None:
+    """Polygraphy < 0.53.6 reads `layer.precision_is_set` unguarded; TensorRT 11 removed that attribute."""
+    from importlib.metadata import version
+
+    installed = tuple(int(part) for part in version("polygraphy").split(".")[:3])
+    assert installed >= (0, 53, 6)
