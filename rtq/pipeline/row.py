@@ -40,6 +40,26 @@ def result_row(
     row.update({key: value for key, value in fields.items() if key != "evaluation"})
     row["run_dir"] = str(run_dir)
     row["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    multirun = multirun_membership()
+    if multirun:
+        row["multirun"] = multirun
     if skipped:
         row["skipped"] = skipped
     return row
+
+
+def multirun_membership() -> dict[str, Any]:
+    """Which Hydra multirun this run belongs to (its sweep folder, job number and overrides), or {}."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return {}
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return {}
+    return {
+        "dir": str(hydra_cfg.sweep.dir),
+        "job": int(hydra_cfg.job.num),
+        "overrides": list(hydra_cfg.overrides.task),
+    }

@@ -7,6 +7,7 @@ of every experiment is kept and the latest line of a configuration is its curren
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,21 @@ def write_results(run_dir: str | Path, row: dict[str, Any]) -> Path:
 
 
 def append_to_store(store_path: str | Path, row: dict[str, Any]) -> Path:
-    """Append `row` as one JSON line (a single write, so concurrent runs do not interleave lines)."""
+    """Append `row` as one JSON line, safe with concurrent writers (sweep jobs, cluster tasks).
+
+    The append holds an exclusive lock on `<store>.lock` (filelock: fcntl on POSIX, which also works
+    on most shared file systems) and is flushed to disk before the lock is released, so no row is
+    lost and no reader sees half a line, whatever the row's size.
+    """
+    from filelock import FileLock
+
     store_path = Path(store_path)
     store_path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(row, allow_nan=False, separators=(",", ":")) + "\n"
-    with open(store_path, "a", encoding="utf-8") as handle:
+    with FileLock(str(store_path) + ".lock"), open(store_path, "a", encoding="utf-8") as handle:
         handle.write(line)
+        handle.flush()
+        os.fsync(handle.fileno())
     return store_path
 
 

@@ -17,6 +17,7 @@ IDENTITY_KEYS: tuple[str, ...] = ("experiment", "model", "backend", "precision",
 # (row key, column title, format)
 COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("experiment", "Experiment", "s"),
+    ("sweep_label", "Sweep", "s"),
     ("model", "Model", "s"),
     ("weights", "Weights", "s"),
     ("backend", "Backend", "s"),
@@ -34,16 +35,18 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 MISSING = "—"
 # Columns only compiled rows fill (TensorRT: GPU, builder flags): left out of a table no row fills.
-OPTIONAL_COLUMNS = frozenset({"device", "build_flags"})
+OPTIONAL_COLUMNS = frozenset({"device", "build_flags", "sweep_label"})
 
 
 def columns_for(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str, str]]:
     """The table's columns for these rows: every optional one only when some row has it."""
-    return [c for c in COLUMNS if c[0] not in OPTIONAL_COLUMNS or any(row.get(c[0]) for row in rows)]
+    return [c for c in COLUMNS if c[0] not in OPTIONAL_COLUMNS or any(_value(row, c[0]) for row in rows)]
 
 
 def configuration_key(row: dict[str, Any]) -> tuple[str, ...]:
-    return tuple(str(row.get(key, "")) for key in IDENTITY_KEYS)
+    """The identity columns, plus a multirun job's overrides: the jobs of one sweep stay separate rows."""
+    overrides = tuple(sorted(str(o) for o in (row.get("multirun") or {}).get("overrides", [])))
+    return (*(str(row.get(key, "")) for key in IDENTITY_KEYS), *overrides)
 
 
 def latest_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -54,8 +57,20 @@ def latest_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(latest.values())
 
 
+def sweep_label(row: dict[str, Any]) -> str:
+    """`<sweep folder name> #<job>` for a row a Hydra multirun (`-m`) wrote, else ''."""
+    multirun = row.get("multirun") or {}
+    if not multirun:
+        return ""
+    return f"{str(multirun.get('dir', '')).rstrip('/').rsplit('/', 1)[-1]} #{multirun.get('job', '?')}"
+
+
+def _value(row: dict[str, Any], key: str) -> Any:
+    return sweep_label(row) if key == "sweep_label" else row.get(key)
+
+
 def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
-    value = row.get(key)
+    value = _value(row, key)
     if value is None or value == "":
         return MISSING
     if fmt == "s":
@@ -145,5 +160,5 @@ def render_csv(rows: Sequence[dict[str, Any]], latest: bool = True) -> str:
     writer = csv.DictWriter(out, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in selected:
-        writer.writerow({key: row.get(key, "") for key in keys})
+        writer.writerow({key: _value(row, key) or "" for key in keys})
     return out.getvalue()

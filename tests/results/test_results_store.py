@@ -126,3 +126,38 @@ def test_table_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "missing.jsonl" in err
+
+
+def _append_many(store: str, writer: int, rows: int) -> None:
+    for index in range(rows):
+        # Rows far larger than PIPE_BUF (4 KiB): one unlocked write could interleave with another's.
+        append_to_store(store, row(experiment=f"w{writer}", num_images=index, padding="x" * 20_000))
+
+
+def test_concurrent_writers_lose_no_row_and_leave_no_partial_line(tmp_path: Path) -> None:
+    import multiprocessing
+
+    store = tmp_path / "results.jsonl"
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=_append_many, args=(str(store), w, 25)) for w in range(8)]
+    for process in writers:
+        process.start()
+    for process in writers:
+        process.join(timeout=120)
+        assert process.exitcode == 0
+    rows = load_store(store)  # every line parses
+    assert len(rows) == 8 * 25
+    assert sorted((r["experiment"], r["num_images"]) for r in rows) == sorted(
+        (f"w{w}", i) for w in range(8) for i in range(25)
+    )
+
+
+def test_sweep_rows_are_marked_and_kept_apart() -> None:
+    sweep = {"dir": "/runs/sweeps/yolox_int8_max_2026-12-01_20-00-00", "job": 1, "overrides": ["quant=a"]}
+    other_job = {**sweep, "job": 2, "overrides": ["x=1"]}
+    rows = [row(), row(recipe="a", multirun=sweep), row(recipe="a", multirun=other_job)]
+    table = markdown_table(latest_rows(rows))
+    assert "| Experiment | Sweep | Model |" in table
+    assert "| yolox_int8_max_2026-12-01_20-00-00 #1 |" in table and "#2 |" in table
+    assert len(latest_rows(rows)) == 3  # same identity columns, different sweep jobs
+    assert "Sweep" not in markdown_table([row()])  # no sweep, no column
