@@ -14,11 +14,21 @@ from typing import Any
 import numpy as np
 from polygraphy.backend.base import BaseRunner
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 from rtq.data.coco import CocoDataset
 from rtq.errors import UserError
 from rtq.evaluate.coco_ap import coco_bbox_stats, detections_to_coco
+from rtq.evaluate.detections_cache import DetectionsCache
 from rtq.evaluate.runners import activated, static_batch_size
 from rtq.models.io import Detections, DetectorIO
 
@@ -35,33 +45,40 @@ class EvalResult:
     model_seconds: float  # runner.infer only
     e2e_seconds: float  # decode + preprocess + infer + postprocess
     detections: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    resumed_images: int = 0  # images whose detections came from an interrupted run (not timed)
+
+    @property
+    def timed_images(self) -> int:
+        return self.num_images - self.resumed_images
 
     @property
     def model_ms_per_image(self) -> float:
-        return 1000.0 * self.model_seconds / max(self.num_images, 1)
+        return 1000.0 * self.model_seconds / max(self.timed_images, 1)
 
     @property
     def e2e_ms_per_image(self) -> float:
-        return 1000.0 * self.e2e_seconds / max(self.num_images, 1)
+        return 1000.0 * self.e2e_seconds / max(self.timed_images, 1)
 
     @property
     def fps_model(self) -> float:
-        return self.num_images / self.model_seconds if self.model_seconds > 0 else 0.0
+        return self.timed_images / self.model_seconds if self.model_seconds > 0 else 0.0
 
     @property
     def fps_e2e(self) -> float:
-        return self.num_images / self.e2e_seconds if self.e2e_seconds > 0 else 0.0
+        return self.timed_images / self.e2e_seconds if self.e2e_seconds > 0 else 0.0
 
     def to_row(self) -> dict[str, Any]:
         """The numbers a results row carries (without the detections themselves)."""
         return {
             **self.stats,
             "num_images": self.num_images,
+            "num_detections": len(self.detections),
             "batch_size": self.batch_size,
             "model_ms_per_image": round(self.model_ms_per_image, 3),
             "e2e_ms_per_image": round(self.e2e_ms_per_image, 3),
             "fps_model": round(self.fps_model, 2),
             "fps_e2e": round(self.fps_e2e, 2),
+            **({"resumed_images": self.resumed_images} if self.resumed_images else {}),
         }
 
 
@@ -74,16 +91,45 @@ def _filter_by_score(detections: Detections, score_threshold: float) -> Detectio
     )
 
 
-def _progress(enabled: bool) -> Progress:
-    console = Console(stderr=True)
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not (enabled and console.is_terminal),
-    )
+class _RateColumn(ProgressColumn):
+    """Images per second over the recent window."""
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:.1f} img/s" if task.speed else "- img/s")
+
+
+class _EvalProgress:
+    """A progress bar with rate and ETA on a terminal; elsewhere (logs, CI, cluster jobs) a log line
+    about every tenth of the images, so long evaluations show progress either way."""
+
+    def __init__(self, enabled: bool, total: int, done: int) -> None:
+        console = Console(stderr=True)
+        self.bar_enabled = enabled and console.is_terminal
+        self.log_enabled = enabled and not self.bar_enabled
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+            TimeRemainingColumn(), console=console, disable=not self.bar_enabled,
+        )  # fmt: skip
+        self.total, self.done, self.started = total, done, time.perf_counter()
+        self.timed, self.next_log = 0, done + max(total // 10, 1)
+        self.task = self.bar.add_task("COCO eval", total=total, completed=done)
+
+    def __enter__(self) -> _EvalProgress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.__exit__(*exc)
+
+    def advance(self, count: int) -> None:
+        self.bar.advance(self.task, count)
+        self.done += count
+        self.timed += count
+        if self.log_enabled and (self.done >= self.next_log or self.done == self.total):
+            rate = self.timed / max(time.perf_counter() - self.started, 1e-9)
+            eta = (self.total - self.done) / rate if rate > 0 else 0.0
+            log.info("COCO eval %d/%d images, %.1f img/s, ETA %.0f s", self.done, self.total, rate, eta)
+            self.next_log = self.done + max(self.total // 10, 1)
 
 
 def evaluate_detector(
@@ -94,64 +140,79 @@ def evaluate_detector(
     score_threshold: float = 0.0,
     progress: bool = True,
     warmup_batches: int = 1,
+    cache: DetectionsCache | None = None,
 ) -> EvalResult:
     """Run the whole dataset through `runner` in batches and score it with COCOeval.
 
     A model with a static batch gets exactly that many images per call: the last batch is padded
     with copies of its last image whose outputs are dropped. A dynamic-batch model gets a smaller
     last batch. `warmup_batches` untimed runs of the first batch keep one-off start-up costs
-    (kernel selection, allocations) out of the timings.
+    (kernel selection, allocations) out of the timings. Images are decoded a batch at a time, so
+    memory stays flat in the number of images apart from the detections. With a `cache`, each
+    image's detections are written as they are made and an interrupted run of the same key resumes.
     """
     if batch_size <= 0:
         raise UserError(f"batch_size={batch_size} must be a positive number of images")
-    images = dataset.images
-    detections: list[dict[str, Any]] = []
+    done = cache.load() if cache is not None else {}
+    images = [item for item in dataset.images if item.image_id not in done]
+    detections: list[dict[str, Any]] = [det for dets in done.values() for det in dets]
+    if cache is not None:
+        cache.open(done)
     model_seconds = 0.0
     e2e_seconds = 0.0
 
-    with activated(runner):
-        static = static_batch_size(runner)
-        if static is not None and static != batch_size:
-            raise UserError(
-                f"batch_size={batch_size} does not fit the model, whose input batch is fixed at {static}; "
-                f"evaluate with batch_size={static} or export the model with a dynamic batch"
-            )
-        pad = static is not None
+    try:
+        with activated(runner):
+            static = static_batch_size(runner)
+            if static is not None and static != batch_size:
+                raise UserError(
+                    f"batch_size={batch_size} does not fit the model, whose input batch is fixed at "
+                    f"{static}; evaluate with batch_size={static} or export the model with a dynamic batch"
+                )
+            pad = static is not None
 
-        if warmup_batches > 0 and images:
-            first = [dataset.load_image(item) for item in images[:batch_size]]
-            first += [first[-1]] * (batch_size - len(first) if pad else 0)
-            feed, _ = io.preprocess(first)
-            for _ in range(warmup_batches):
-                runner.infer(feed)
+            if warmup_batches > 0 and images:
+                first = [dataset.load_image(item) for item in images[:batch_size]]
+                first += [first[-1]] * (batch_size - len(first) if pad else 0)
+                feed, _ = io.preprocess(first)
+                for _ in range(warmup_batches):
+                    runner.infer(feed)
 
-        with _progress(progress) as bar:
-            task = bar.add_task("COCO eval", total=len(images))
-            for start in range(0, len(images), batch_size):
-                items = images[start : start + batch_size]
-                t_start = time.perf_counter()
-                decoded = [dataset.load_image(item) for item in items]
-                if pad and len(decoded) < batch_size:
-                    decoded += [decoded[-1]] * (batch_size - len(decoded))
-                feed, metas = io.preprocess(decoded)
-                t_infer = time.perf_counter()
-                outputs = runner.infer(feed)
-                t_post = time.perf_counter()
-                batch_detections = io.postprocess(outputs, metas)[: len(items)]
-                t_end = time.perf_counter()
-                model_seconds += t_post - t_infer
-                e2e_seconds += t_end - t_start
+            with _EvalProgress(progress, len(dataset.images), len(done)) as bar:
+                for start in range(0, len(images), batch_size):
+                    items = images[start : start + batch_size]
+                    t_start = time.perf_counter()
+                    decoded = [dataset.load_image(item) for item in items]
+                    if pad and len(decoded) < batch_size:
+                        decoded += [decoded[-1]] * (batch_size - len(decoded))
+                    feed, metas = io.preprocess(decoded)
+                    t_infer = time.perf_counter()
+                    outputs = runner.infer(feed)
+                    t_post = time.perf_counter()
+                    batch_detections = io.postprocess(outputs, metas)[: len(items)]
+                    t_end = time.perf_counter()
+                    model_seconds += t_post - t_infer
+                    e2e_seconds += t_end - t_start
 
-                for item, dets in zip(items, batch_detections, strict=True):
-                    detections += detections_to_coco(
-                        item.image_id, _filter_by_score(dets, score_threshold), dataset
-                    )
-                bar.advance(task, len(items))
+                    for item, dets in zip(items, batch_detections, strict=True):
+                        kept = _filter_by_score(dets, score_threshold)
+                        coco = detections_to_coco(item.image_id, kept, dataset)
+                        detections += coco
+                        if cache is not None:
+                            cache.add(item.image_id, coco)
+                    bar.advance(len(items))
+    except BaseException:
+        if cache is not None:
+            cache.close(completed=False)  # keep what was done for the rerun
+        raise
 
     stats = coco_bbox_stats(dataset.coco, detections, dataset.image_ids)
+    if cache is not None:
+        cache.close(completed=True)
     result = EvalResult(
         stats=stats,
-        num_images=len(images),
+        num_images=len(dataset.images),
+        resumed_images=len(done),
         batch_size=batch_size,
         model_seconds=model_seconds,
         e2e_seconds=e2e_seconds,

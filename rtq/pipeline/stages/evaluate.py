@@ -3,8 +3,12 @@ for every backend, plus the optional batch-size throughput sweep."""
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from pathlib import Path
+from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
+
+from rtq.evaluate.detections_cache import DetectionsCache
 from rtq.pipeline.runners import target_runner
 from rtq.pipeline.stage import StageContext, StageResult, register_stage
 
@@ -27,8 +31,16 @@ def stage_evaluate(ctx: StageContext) -> StageResult:
     ev = ctx.section("evaluate")
     dataset = CocoDataset(str(cfg.data.root), max_images=cfg.data.get("max_images"))
     runner, ran = target_runner(ctx, "fast")
+    cache = None
+    if ev.get("resume", True):
+        cache = DetectionsCache(Path(str(cfg.cache_dir)) / "detections", _detections_key(ctx, ran))
     result = evaluate_detector(
-        runner, ctx.detector.io, dataset, int(ev["batch_size"]), score_threshold=float(ev["score_threshold"])
+        runner,
+        ctx.detector.io,
+        dataset,
+        int(ev["batch_size"]),
+        score_threshold=float(ev["score_threshold"]),
+        cache=cache,
     )
     outputs = []
     sweep_rows = []
@@ -42,3 +54,19 @@ def stage_evaluate(ctx: StageContext) -> StageResult:
         outputs.append(write_atomic(ctx.run_dir / "throughput.md", fps_table_markdown(sweep)))
     evaluation = {"ran": ran, **result.to_row()}
     return StageResult(outputs=outputs, record={"evaluation": evaluation, "sweep": sweep_rows})
+
+
+def _detections_key(ctx: StageContext, ran: dict[str, Any]) -> str:
+    """What decides the detections: the model file under test, what ran it, the dataset and the threshold."""
+    from rtq.cache import file_digest
+    from rtq.pipeline.caching import stage_key
+
+    art = ctx.artifacts
+    model = art.engine or art.graph
+    return stage_key(
+        ctx,
+        model_file=file_digest(model) if model is not None and Path(model).is_file() else "torch",
+        ran={k: v for k, v in ran.items() if k != "compiler"},
+        data=OmegaConf.to_container(ctx.cfg.data, resolve=True),
+        evaluate={k: ctx.section("evaluate")[k] for k in ("batch_size", "score_threshold")},
+    )
