@@ -27,7 +27,7 @@ from rich.text import Text
 
 from rtq.data.coco import CocoDataset
 from rtq.errors import UserError
-from rtq.evaluate.coco_ap import coco_bbox_stats, detections_to_coco
+from rtq.evaluate.coco_ap import as_coco_dicts, coco_bbox_stats_by_image, compact, detections_to_coco
 from rtq.evaluate.detections_cache import DetectionsCache
 from rtq.evaluate.runners import activated, static_batch_size
 from rtq.models.io import Detections, DetectorIO
@@ -44,8 +44,18 @@ class EvalResult:
     batch_size: int
     model_seconds: float  # runner.infer only
     e2e_seconds: float  # decode + preprocess + infer + postprocess
-    detections: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    # Each image's detections as `coco_ap.compact` rows (x, y, w, h, score, category id).
+    per_image: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
     resumed_images: int = 0  # images whose detections came from an interrupted run (not timed)
+
+    @property
+    def detections(self) -> list[dict[str, Any]]:
+        """All detections as COCO result dicts (made on demand: millions of dicts cost memory)."""
+        return [d for image_id, rows in self.per_image.items() for d in as_coco_dicts(image_id, rows)]
+
+    @property
+    def num_detections(self) -> int:
+        return sum(len(rows) for rows in self.per_image.values())
 
     @property
     def timed_images(self) -> int:
@@ -72,7 +82,7 @@ class EvalResult:
         return {
             **self.stats,
             "num_images": self.num_images,
-            "num_detections": len(self.detections),
+            "num_detections": self.num_detections,
             "batch_size": self.batch_size,
             "model_ms_per_image": round(self.model_ms_per_image, 3),
             "e2e_ms_per_image": round(self.e2e_ms_per_image, 3),
@@ -155,7 +165,7 @@ def evaluate_detector(
         raise UserError(f"batch_size={batch_size} must be a positive number of images")
     done = cache.load() if cache is not None else {}
     images = [item for item in dataset.images if item.image_id not in done]
-    detections: list[dict[str, Any]] = [det for dets in done.values() for det in dets]
+    per_image = {image_id: compact(dets) for image_id, dets in done.items()}
     if cache is not None:
         cache.open(done)
     model_seconds = 0.0
@@ -197,7 +207,7 @@ def evaluate_detector(
                     for item, dets in zip(items, batch_detections, strict=True):
                         kept = _filter_by_score(dets, score_threshold)
                         coco = detections_to_coco(item.image_id, kept, dataset)
-                        detections += coco
+                        per_image[item.image_id] = compact(coco)
                         if cache is not None:
                             cache.add(item.image_id, coco)
                     bar.advance(len(items))
@@ -206,7 +216,7 @@ def evaluate_detector(
             cache.close(completed=False)  # keep what was done for the rerun
         raise
 
-    stats = coco_bbox_stats(dataset.coco, detections, dataset.image_ids)
+    stats = coco_bbox_stats_by_image(dataset.coco, per_image, dataset.image_ids)
     if cache is not None:
         cache.close(completed=True)
     result = EvalResult(
@@ -216,7 +226,7 @@ def evaluate_detector(
         batch_size=batch_size,
         model_seconds=model_seconds,
         e2e_seconds=e2e_seconds,
-        detections=detections,
+        per_image=per_image,
     )
     log.info(
         "COCO bbox AP %.2f AP50 %.2f on %d images; %.1f ms/img model, %.1f ms/img end-to-end",

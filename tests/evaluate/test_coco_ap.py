@@ -79,3 +79,33 @@ def test_detections_to_coco_converts_boxes_and_labels(dataset: CocoDataset) -> N
     assert all(isinstance(v, float) for v in out[0]["bbox"])
     empty = Detections(np.zeros(0, np.int64), np.zeros((0, 4), np.float32), np.zeros(0, np.float32))
     assert detections_to_coco(42, empty, dataset) == []
+
+
+def test_chunked_evaluation_gives_cocoevals_numbers(dataset: CocoDataset) -> None:
+    """Evaluating a few images per COCOeval pass and accumulating once equals one pass over all."""
+    from pycocotools.cocoeval import COCOeval
+
+    from rtq.data.coco import pycocotools_output_to_debug_log
+    from rtq.evaluate.coco_ap import coco_bbox_stats_by_image
+
+    rng = np.random.default_rng(0)
+    detections = []
+    for d in ground_truth_as_detections(dataset, dataset.image_ids):
+        x, y, w, h = d["bbox"]
+        jitter = rng.normal(0, 0.15, 4) * [w, h, w, h]
+        detections.append({**d, "bbox": [x + jitter[0], y + jitter[1], w + jitter[2], h + jitter[3]],
+                           "score": float(rng.random())})  # fmt: skip
+        if rng.random() < 0.3:  # a false positive of another category
+            detections.append({**d, "category_id": dataset.category_ids[int(rng.integers(80))], "score": 0.5})
+    with pycocotools_output_to_debug_log():
+        whole = COCOeval(dataset.coco, dataset.coco.loadRes(detections), iouType="bbox")
+        whole.params.imgIds = list(dataset.image_ids)
+        whole.evaluate()
+        whole.accumulate()
+        whole.summarize()
+    per_image: dict[int, list[dict[str, Any]]] = {}
+    for d in detections:
+        per_image.setdefault(d["image_id"], []).append(d)
+    chunked = coco_bbox_stats_by_image(dataset.coco, per_image, dataset.image_ids, chunk_images=7)
+    assert list(chunked.values()) == [round(float(v) * 100.0, 2) if v >= 0 else -1.0 for v in whole.stats]
+    assert 0 < chunked["ap"] < 100
