@@ -151,6 +151,20 @@ def _fetch(
     return path
 
 
+def _calibrated_from(settings: BenchSettings, fp32_path: Path) -> dict[str, Any]:
+    """The cache-key part every PTQ of the FP32 export shares: that file and the calibration images."""
+    source, images = str(settings.calib_source), settings.calib_images
+    return {"fp32": file_digest(fp32_path), "source": source, "images": images}
+
+
+def _calibration_feeds(settings: BenchSettings, detector: Detector) -> list[dict[str, Any]]:
+    """One feed per calibration image, preprocessed as the detector does, for ORT's and NNCF's PTQ."""
+    from rtq.data.calib import CalibrationImages
+
+    images = CalibrationImages(settings.calib_source, max_images=settings.calib_images)
+    return [detector.io.preprocess([image])[0] for image in images]
+
+
 def ort_int8_onnx(
     settings: BenchSettings,
     cache: ArtifactCache,
@@ -160,21 +174,16 @@ def ort_int8_onnx(
     sources: dict[str, str],
 ) -> Path:
     """ORT-oriented variant: `quantize_static` QDQ, uint8 activations, int8 per-channel weights."""
-    from rtq.data.calib import CalibrationImages
-
     key = cache_key(
         kind="ort_qdq",
-        fp32=file_digest(fp32_path),
+        **_calibrated_from(settings, fp32_path),
         op_types=list(variant.op_types),
         float_scopes=list(variant.float_scopes),
-        source=str(settings.calib_source),
-        images=settings.calib_images,
         code=code_digest(),
     )
 
     def build(path: Path) -> None:
-        images = CalibrationImages(settings.calib_source, max_images=settings.calib_images)
-        feeds = [detector.io.preprocess([image])[0] for image in images]
+        feeds = _calibration_feeds(settings, detector)
         ort_quantize_static(
             fp32_path, path, feeds, op_types=variant.op_types, float_scopes=variant.float_scopes
         )
@@ -193,21 +202,16 @@ def nncf_ir(
     import nncf
     import openvino as ov
 
-    from rtq.data.calib import CalibrationImages
     from rtq.quant.nncf_ptq import nncf_quantize
 
     key = cache_key(
         kind="nncf_ptq",
-        fp32=file_digest(fp32_path),
+        **_calibrated_from(settings, fp32_path),
         nncf_settings=settings.nncf.record(),
         openvino=str(ov.get_version()),
-        source=str(settings.calib_source),
-        images=settings.calib_images,
     )
 
     def build(path: Path) -> None:
-        images = CalibrationImages(settings.calib_source, max_images=settings.calib_images)
-        feeds = [detector.io.preprocess([image])[0] for image in images]
-        nncf_quantize(fp32_path, path, feeds, settings.nncf)
+        nncf_quantize(fp32_path, path, _calibration_feeds(settings, detector), settings.nncf)
 
     return _fetch(cache, "nncf_ptq", key, "model.xml", build, sources, f" (nncf {nncf.__version__})")

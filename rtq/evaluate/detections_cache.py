@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,15 @@ class DetectionsCache:
         for image_id, detections in done.items():
             self._write(image_id, detections)
         self._handle.flush()
+
+    @contextlib.contextmanager
+    def session(self, done: dict[int, list[dict[str, Any]]]) -> Iterator[DetectionsCache]:
+        """`open`, and close on any exit keeping the file: only `close(completed=True)` removes it."""
+        self.open(done)
+        try:
+            yield self
+        finally:
+            self.close(completed=False)
 
     def add(self, image_id: int, detections: list[dict[str, Any]]) -> None:
         self._write(image_id, detections)

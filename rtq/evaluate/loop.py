@@ -6,6 +6,7 @@ ONNX Runtime and TensorRT are measured the same way.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -120,12 +121,13 @@ class _EvalProgress:
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
             TimeRemainingColumn(), console=console, disable=not self.bar_enabled,
         )  # fmt: skip
-        self.total, self.done, self.started = total, done, time.perf_counter()
+        self.total, self.done, self.started = total, done, 0.0
         self.timed, self.next_log = 0, done + max(total // 10, 1)
         self.task = self.bar.add_task("COCO eval", total=total, completed=done)
 
     def __enter__(self) -> _EvalProgress:
         self.bar.__enter__()
+        self.started = time.perf_counter()  # the rate counts inference, not model start-up
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -140,6 +142,60 @@ class _EvalProgress:
             eta = (self.total - self.done) / rate if rate > 0 else 0.0
             log.info("COCO eval %d/%d images, %.1f img/s, ETA %.0f s", self.done, self.total, rate, eta)
             self.next_log = self.done + max(self.total // 10, 1)
+
+
+def _run_batches(
+    runner: BaseRunner,
+    io: DetectorIO,
+    dataset: CocoDataset,
+    images: list[Any],
+    batch_size: int,
+    score_threshold: float,
+    per_image: dict[int, np.ndarray],
+    cache: DetectionsCache | None,
+    bar: _EvalProgress,
+    warmup_batches: int,
+) -> tuple[float, float]:
+    """Infer `images` in batches into `per_image` (and the cache); (model seconds, end-to-end seconds)."""
+    model_seconds = e2e_seconds = 0.0
+    with activated(runner):
+        static = static_batch_size(runner)
+        if static is not None and static != batch_size:
+            raise UserError(
+                f"batch_size={batch_size} does not fit the model, whose input batch is fixed at "
+                f"{static}; evaluate with batch_size={static} or export the model with a dynamic batch"
+            )
+        pad = static is not None
+
+        if warmup_batches > 0 and images:
+            first = [dataset.load_image(item) for item in images[:batch_size]]
+            first += [first[-1]] * (batch_size - len(first) if pad else 0)
+            feed, _ = io.preprocess(first)
+            for _ in range(warmup_batches):
+                runner.infer(feed)
+
+        with bar:
+            for start in range(0, len(images), batch_size):
+                items = images[start : start + batch_size]
+                t_start = time.perf_counter()
+                decoded = [dataset.load_image(item) for item in items]
+                if pad and len(decoded) < batch_size:
+                    decoded += [decoded[-1]] * (batch_size - len(decoded))
+                feed, metas = io.preprocess(decoded)
+                t_infer = time.perf_counter()
+                outputs = runner.infer(feed)
+                t_post = time.perf_counter()
+                batch_detections = io.postprocess(outputs, metas)[: len(items)]
+                t_end = time.perf_counter()
+                model_seconds += t_post - t_infer
+                e2e_seconds += t_end - t_start
+                for item, dets in zip(items, batch_detections, strict=True):
+                    coco = detections_to_coco(item.image_id, _filter_by_score(dets, score_threshold), dataset)
+                    per_image[item.image_id] = compact(coco)
+                    if cache is not None:
+                        cache.add(item.image_id, coco)
+                bar.advance(len(items))
+    return model_seconds, e2e_seconds
 
 
 def evaluate_detector(
@@ -166,55 +222,12 @@ def evaluate_detector(
     done = cache.load() if cache is not None else {}
     images = [item for item in dataset.images if item.image_id not in done]
     per_image = {image_id: compact(dets) for image_id, dets in done.items()}
-    if cache is not None:
-        cache.open(done)
-    model_seconds = 0.0
-    e2e_seconds = 0.0
-
-    try:
-        with activated(runner):
-            static = static_batch_size(runner)
-            if static is not None and static != batch_size:
-                raise UserError(
-                    f"batch_size={batch_size} does not fit the model, whose input batch is fixed at "
-                    f"{static}; evaluate with batch_size={static} or export the model with a dynamic batch"
-                )
-            pad = static is not None
-
-            if warmup_batches > 0 and images:
-                first = [dataset.load_image(item) for item in images[:batch_size]]
-                first += [first[-1]] * (batch_size - len(first) if pad else 0)
-                feed, _ = io.preprocess(first)
-                for _ in range(warmup_batches):
-                    runner.infer(feed)
-
-            with _EvalProgress(progress, len(dataset.images), len(done)) as bar:
-                for start in range(0, len(images), batch_size):
-                    items = images[start : start + batch_size]
-                    t_start = time.perf_counter()
-                    decoded = [dataset.load_image(item) for item in items]
-                    if pad and len(decoded) < batch_size:
-                        decoded += [decoded[-1]] * (batch_size - len(decoded))
-                    feed, metas = io.preprocess(decoded)
-                    t_infer = time.perf_counter()
-                    outputs = runner.infer(feed)
-                    t_post = time.perf_counter()
-                    batch_detections = io.postprocess(outputs, metas)[: len(items)]
-                    t_end = time.perf_counter()
-                    model_seconds += t_post - t_infer
-                    e2e_seconds += t_end - t_start
-
-                    for item, dets in zip(items, batch_detections, strict=True):
-                        kept = _filter_by_score(dets, score_threshold)
-                        coco = detections_to_coco(item.image_id, kept, dataset)
-                        per_image[item.image_id] = compact(coco)
-                        if cache is not None:
-                            cache.add(item.image_id, coco)
-                    bar.advance(len(items))
-    except BaseException:
-        if cache is not None:
-            cache.close(completed=False)  # keep what was done for the rerun
-        raise
+    session = cache.session(done) if cache is not None else contextlib.nullcontext()
+    with session:  # an interruption leaves the cache file for the rerun
+        model_seconds, e2e_seconds = _run_batches(
+            runner, io, dataset, images, batch_size, score_threshold, per_image, cache,
+            _EvalProgress(progress, len(dataset.images), len(done)), warmup_batches,
+        )  # fmt: skip
 
     stats = coco_bbox_stats_by_image(dataset.coco, per_image, dataset.image_ids)
     if cache is not None:

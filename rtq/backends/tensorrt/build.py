@@ -23,8 +23,7 @@ from rtq.backends.tensorrt.python_plugin import (
     FUSED_OP,
     PROJECT_ROOT,
     PYTHON_PLUGIN_FILE,
-    fused_nodes_with_two_inputs,
-    onnx_op_types,
+    fused_nodes,
     register_python_plugin,
 )
 from rtq.errors import UserError
@@ -215,10 +214,11 @@ def polygraphy_profiles(config: EngineBuildConfig) -> list[Any]:
 def plugin_libraries_for(onnx_path: Path, config: EngineBuildConfig) -> tuple[tuple[Path, ...], bool]:
     """(libraries to load, whether the Python plugin is needed) for this ONNX and config."""
     libraries = list(config.plugin_libraries)
-    if FUSED_OP not in onnx_op_types(onnx_path):
+    nodes = fused_nodes(onnx_path)
+    if not nodes:
         return tuple(libraries), False
     if config.fused_plugin == "python":
-        two_input = fused_nodes_with_two_inputs(onnx_path)
+        two_input = [name for name, inputs in nodes.items() if inputs > 1]
         if two_input:
             raise UserError(
                 f"backend.plugin=python takes the one-input form of {FUSED_OP} only, but node "

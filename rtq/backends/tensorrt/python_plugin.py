@@ -21,20 +21,13 @@ PYTHON_PLUGIN_FILE = PROJECT_ROOT / "plugins" / FUSED_OP / "trt_plugin.py"
 PYTHON_PLUGIN_MODULE = f"plugins.{FUSED_OP}.trt_plugin"
 
 
-def fused_nodes_with_two_inputs(onnx_path: Path) -> list[str]:
-    """Names of fused nodes in the two-input form (`x_q0`, `x_q1`), which only the C++ plugin takes."""
+def fused_nodes(onnx_path: Path) -> dict[str, int]:
+    """The fused nodes of the main graph and how many inputs each reads: one (`x_q`), or two
+    (`x_q0`, `x_q1`), which only the C++ plugin takes. Weights are not loaded."""
     import onnx
 
     model = onnx.load(str(onnx_path), load_external_data=False)
-    return [n.name for n in model.graph.node if n.op_type == FUSED_OP and len([i for i in n.input if i]) > 1]
-
-
-def onnx_op_types(onnx_path: Path) -> set[str]:
-    """Op types of the main graph (weights not loaded: only the node list is needed)."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    return {node.op_type for node in model.graph.node}
+    return {n.name: len([i for i in n.input if i]) for n in model.graph.node if n.op_type == FUSED_OP}
 
 
 def python_plugin_module() -> Any:
