@@ -11,6 +11,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from rtq.data.coco import CocoDataset, pycocotools_output_to_debug_log
+from rtq.evaluate.coco_accumulate import StreamingAccumulator
 from rtq.models.io import Detections
 
 # Images evaluated per COCOeval pass (their detections are copied by pycocotools only for the pass).
@@ -104,18 +105,17 @@ def coco_bbox_stats_by_image(
     """`coco_bbox_stats` from detections grouped by image, evaluated `chunk_images` images at a time.
 
     pycocotools matches each (image, category) on its own (`COCOeval.evaluateImg`) and only
-    `accumulate` needs all of them, so the per-image results of each chunk are put in the order
-    `accumulate` reads and the chunk's detection copies are freed: peak memory no longer holds every
-    detection of a 5,000-image run twice over. The numbers are COCOeval's own, whatever the chunking.
+    `accumulate` needs all of them, so each chunk's matches are reduced to flat arrays
+    (`StreamingAccumulator`) and the chunk's detection copies and per-image dicts are freed: memory
+    holds the detections and no per-image bookkeeping. The numbers are COCOeval's own, whatever
+    the chunking.
     """
     ids = sorted(int(i) for i in image_ids)
     with pycocotools_output_to_debug_log():
         final = COCOeval(coco_gt, None, iouType="bbox")
         final.params.imgIds = ids
-        num_cats, num_areas, num_images = len(final.params.catIds), len(final.params.areaRng), len(ids)
-        position = {image_id: index for index, image_id in enumerate(ids)}
-        eval_images: list[Any] = [None] * (num_cats * num_areas * num_images)
-        for start in range(0, num_images, max(chunk_images, 1)):
+        accumulator = StreamingAccumulator(final.params)
+        for start in range(0, len(ids), max(chunk_images, 1)):
             chunk = ids[start : start + chunk_images]
             detections = [
                 d for image_id in chunk for d in as_coco_dicts(image_id, per_image.get(image_id, ()))
@@ -124,16 +124,9 @@ def coco_bbox_stats_by_image(
             part = COCOeval(coco_gt, coco_dt, iouType="bbox")
             part.params.imgIds = chunk
             part.evaluate()
-            size = len(chunk)
-            for k in range(num_cats):
-                for a in range(num_areas):
-                    for j, image_id in enumerate(chunk):
-                        slot = k * num_areas * num_images + a * num_images + position[image_id]
-                        eval_images[slot] = part.evalImgs[k * num_areas * size + a * size + j]
+            accumulator.add_chunk(part.evalImgs, len(chunk))
             del coco_dt, part, detections
-        final.evalImgs = eval_images
-        final._paramsEval = copy.deepcopy(final.params)
-        final.accumulate()
+        final.eval = accumulator.result()
         final.summarize()
     return {
         key: (round(float(value) * 100.0, 2) if value >= 0 else -1.0)

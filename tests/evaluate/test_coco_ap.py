@@ -109,3 +109,47 @@ def test_chunked_evaluation_gives_cocoevals_numbers(dataset: CocoDataset) -> Non
     chunked = coco_bbox_stats_by_image(dataset.coco, per_image, dataset.image_ids, chunk_images=7)
     assert list(chunked.values()) == [round(float(v) * 100.0, 2) if v >= 0 else -1.0 for v in whole.stats]
     assert 0 < chunked["ap"] < 100
+
+
+def test_streaming_accumulator_equals_cocoeval_accumulate(dataset: CocoDataset) -> None:
+    """Precision, recall and scores arrays identical to pycocotools' `accumulate`, chunked by 7 images,
+    with over 100 detections in some (image, category) and tied scores (the maxDet cut and the stable
+    sort both matter)."""
+    from pycocotools.cocoeval import COCOeval
+
+    from rtq.data.coco import pycocotools_output_to_debug_log
+    from rtq.evaluate.coco_accumulate import StreamingAccumulator
+
+    rng = np.random.default_rng(1)
+    detections = []
+    for d in ground_truth_as_detections(dataset, dataset.image_ids):
+        x, y, w, h = d["bbox"]
+        for _ in range(int(rng.integers(1, 6))):
+            jitter = rng.normal(0, 0.2, 4) * [w, h, w, h]
+            score = float(np.round(rng.random(), 1))  # ties
+            box = [x + jitter[0], y + jitter[1], w + abs(jitter[2]), h]
+            detections.append({**d, "bbox": box, "score": score})
+    crowded = dataset.image_ids[0]
+    category = dataset.category_ids[0]
+    detections += [
+        {"image_id": crowded, "category_id": category, "bbox": [i, i, 30.0, 30.0], "score": score}
+        for i, score in enumerate(rng.random(130).tolist())
+    ]
+    ids = sorted(dataset.image_ids)
+    with pycocotools_output_to_debug_log():
+        whole = COCOeval(dataset.coco, dataset.coco.loadRes(detections), iouType="bbox")
+        whole.params.imgIds = ids
+        whole.evaluate()
+        whole.accumulate()
+        streaming = StreamingAccumulator(whole.params)
+        for start in range(0, len(ids), 7):
+            chunk = ids[start : start + 7]
+            in_chunk = [d for d in detections if d["image_id"] in chunk]
+            part = COCOeval(dataset.coco, dataset.coco.loadRes(in_chunk), iouType="bbox")
+            part.params.imgIds = chunk
+            part.evaluate()
+            streaming.add_chunk(part.evalImgs, len(chunk))
+    result = streaming.result()
+    for key in ("precision", "recall", "scores"):
+        np.testing.assert_array_equal(result[key], whole.eval[key])
+    assert (result["precision"] > 0).any()
