@@ -18,7 +18,12 @@ from rtq.files import atomic_target
 
 
 def file_digest(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    """SHA-256 of a file's bytes."""
+    """SHA-256 of a file's bytes; of a folder (a saved Hugging Face model), of its files' relative
+    names and digests, so the same weights under another folder name key the same."""
+    if Path(path).is_dir():
+        root = Path(path)
+        listing = [(str(f.relative_to(root)), file_digest(f)) for f in sorted(root.rglob("*")) if f.is_file()]
+        return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(chunk_size), b""):

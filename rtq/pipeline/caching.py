@@ -19,7 +19,8 @@ from rtq.pipeline.stage import StageContext
 def model_key(ctx: StageContext) -> dict[str, Any]:
     """What determines the detector's weights: its config and the checkpoint or source file bytes."""
     model = ctx.section("model")
-    checkpoint = model.get("checkpoint")
+    # The family resolves `official`, `hf:...` or a URL to the local file or folder it loaded.
+    checkpoint = ctx.detector.settings.get("checkpoint", model.get("checkpoint"))
     source = ctx.detector.source_onnx
     return {
         "model": model,
