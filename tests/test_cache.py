@@ -14,10 +14,10 @@ def test_a_folder_digest_follows_its_files_not_its_name(tmp_path: Path) -> None:
     (first / "sub").mkdir(parents=True)
     (first / "config.json").write_text("{}")
     (first / "sub" / "model.safetensors").write_bytes(b"\x00" * 64)
+    before = file_digest(first)
     second = tmp_path / "b"
     first.rename(second)
-    before = file_digest(second)
-    assert before == file_digest(second) and len(before) == 64
+    assert file_digest(second) == before and len(before) == 64
     (second / "sub" / "model.safetensors").write_bytes(b"\x00" * 63 + b"\x01")
     assert file_digest(second) != before
     assert file_digest(second / "config.json") != before
