@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from rtq.models.checkpoint import load_checkpoint
+from rtq.models.checkpoint_sources import resolve_checkpoint
 from rtq.models.fold import fold_batch_norms
 from rtq.models.postprocess import RTDETRPostProcessor
 from rtq.models.registry import VARIANTS, construct, get_variant
@@ -17,13 +18,17 @@ log = logging.getLogger(__name__)
 def build_model(name: str, checkpoint: str | Path | None = None) -> RTDETR:
     """RT-DETRv2 `name` in eval mode: `forward(images) -> {"pred_logits", "pred_boxes"}`.
 
-    Without a checkpoint the weights are the random initialisation (useful for graph work only).
+    `checkpoint` is a path or a spec of `rtq.models.checkpoint_sources` (`official`, `hf:<repo id>`,
+    a URL), fetched before the network is built. Without one the weights are the random
+    initialisation (useful for graph work only).
     """
-    model = construct(get_variant(name))
-    if checkpoint is None:
+    variant = get_variant(name)  # an unknown name fails before any download
+    resolved = resolve_checkpoint(checkpoint, name)
+    model = construct(variant)
+    if resolved is None:
         log.info("model %s: no checkpoint given, weights are the random initialisation", name)
     else:
-        load_checkpoint(model, checkpoint, name)
+        load_checkpoint(model, resolved.path, name)
     return model.eval()
 
 

@@ -20,13 +20,20 @@ class RTDETRFamily(DetectorFamily):
 
     def load(self, model_cfg: Mapping[str, Any]) -> Detector:
         from rtq.models.build import build_deploy_model
+        from rtq.models.checkpoint_sources import resolve_checkpoint
+        from rtq.models.registry import get_variant
 
         name = str(model_cfg["name"])
-        checkpoint = model_cfg.get("checkpoint")
-        model = build_deploy_model(name, checkpoint)
+        get_variant(name)  # an unknown name fails before any download
+        mirror = model_cfg.get("checkpoint_mirror")  # optional: +model.checkpoint_mirror=URL
+        resolved = resolve_checkpoint(model_cfg.get("checkpoint"), name, str(mirror) if mirror else None)
+        model = build_deploy_model(name, resolved.path if resolved else None)
         io = RTDETRIO(int(model_cfg.get("input_size", 640)))
-        weights = Path(str(checkpoint)).name if checkpoint else "random"
-        return Detector(name, self, io, torch_model=model, weights=weights, settings=dict(model_cfg))
+        settings = dict(model_cfg)
+        if resolved is not None:  # the local file or folder the weights were read from
+            settings["checkpoint"] = str(resolved.path)
+        weights = resolved.label if resolved else "random"
+        return Detector(name, self, io, torch_model=model, weights=weights, settings=settings)
 
     def export(self, detector: Detector, model: Any, out: Path, opset: int, simplify: bool) -> Path:
         from rtq.export.onnx_export import export_onnx
