@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# rtq workflow: setup | demo | test | lint | table | bench | experiments | gpu-check
+# rtq workflow: setup | demo | test | lint | table | bench | experiments | gpu-check | triton-setup
 # Every command installs what it needs into .venv first (idempotent, quick when already done).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -77,13 +77,34 @@ cmd_gpu_check() {
   "$PY" -m rtq.gpu_check "$@"
 }
 
+cmd_triton_setup() {
+  # A real tritonserver (nvidia-pytriton's wheel; Python backend only) in its own venv, as it needs
+  # numpy<2; ONNX Runtime and OpenVINO at the main venv's versions, for the Python-backend models.
+  ensure_setup
+  local tvenv="$ROOT/.venv-triton" tpy="$ROOT/.venv-triton/bin/python" pins want
+  pins="nvidia-pytriton==0.7.0 numpy<2 $("$PY" -c 'import importlib.metadata as m; print(" ".join(f"{p}=={m.version(p)}" for p in ("onnxruntime", "openvino")))')"
+  want=$(echo "$pins" | sha256sum | cut -d' ' -f1)
+  if [ -x "$tpy" ] && [ -f "$tvenv/.rtq-setup-stamp" ] && [ "$(cat "$tvenv/.rtq-setup-stamp")" = "$want" ]; then
+    echo "triton-setup: .venv-triton is up to date"
+    return 0
+  fi
+  [ -x "$tpy" ] || python3 -m venv "$tvenv"
+  echo "triton-setup: installing $pins into .venv-triton (about a minute)"
+  # shellcheck disable=SC2086 # the pins are separate words
+  "$tpy" -m pip install --quiet $pins 2>&1 | grep -v '^WARNING: Location' || true
+  "$tpy" -c "import pytriton, onnxruntime, openvino, numpy" \
+    || { echo "triton-setup: the installation is incomplete (see pip's messages above)" >&2; exit 1; }
+  echo "$want" > "$tvenv/.rtq-setup-stamp"
+  echo "triton-setup: done"
+}
+
 cmd_experiments() {
   ensure_setup
   bash experiments/run_all.sh "$@"
 }
 
 usage() {
-  echo "usage: ./workflow.sh {setup|demo|test|lint|table|bench|experiments|gpu-check} [args...]" >&2
+  echo "usage: ./workflow.sh {setup|demo|test|lint|table|bench|experiments|gpu-check|triton-setup} [args...]" >&2
   exit 2
 }
 
@@ -99,5 +120,6 @@ case "$command" in
   bench) cmd_bench "$@" ;;
   experiments) cmd_experiments "$@" ;;
   gpu-check) cmd_gpu_check "$@" ;;
+  triton-setup) cmd_triton_setup ;;
   *) usage ;;
 esac
