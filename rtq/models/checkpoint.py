@@ -1,13 +1,14 @@
-"""Loading official RT-DETRv2 checkpoints strictly, with one-line errors that say what went wrong.
+"""Loading RT-DETRv2 checkpoints strictly, with one-line errors that say what went wrong.
 
 Released files hold `{'ema': {'module': state_dict}}` (float16 or float32); training snapshots hold
-`{'model': state_dict}`; a bare state dict is accepted too. A checkpoint for another variant is
-recognised by comparing its key/shape signature with every known variant's.
+`{'model': state_dict}`; a bare state dict is accepted too. A Hugging Face RT-DETR folder (config.json
++ model.safetensors) or `.safetensors` file is read by `rtq.models.hf_checkpoint` into the same
+official layout, its config checked against the configured variant. A checkpoint for another variant
+is recognised by comparing its key/shape signature with every known variant's.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 from pathlib import Path
@@ -17,6 +18,21 @@ import torch
 from torch import nn
 
 from rtq.errors import UserError
+from rtq.models.hf_checkpoint import is_hf_checkpoint, read_hf_checkpoint
+from rtq.models.signature import Signature, closest_variants, variant_signature
+
+__all__ = [
+    "RELEASES_HINT",
+    "Signature",
+    "closest_variants",
+    "describe_mismatch",
+    "extract_state_dict",
+    "load_checkpoint",
+    "read_official_state_dict",
+    "read_state_dict",
+    "unreadable_checkpoint",
+    "variant_signature",
+]
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +41,6 @@ RELEASES_HINT = (
     "(rtdetrv2_*.pth); download one and set model.checkpoint=PATH"
 )
 _SHOWN_KEYS = 3
-
-Signature = dict[str, tuple[int, ...]]
 
 
 def extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -60,13 +74,12 @@ def unreadable_checkpoint(path: Path, err: Exception) -> UserError:
         )
     what = "an empty file" if path.stat().st_size == 0 else "another kind of file, or a truncated one"
     return UserError(
-        f"checkpoint {path} is not a PyTorch checkpoint ({what}); expected an RT-DETRv2 .pth: "
-        f"{RELEASES_HINT}"
+        f"checkpoint {path} is not a PyTorch checkpoint ({what}); expected an RT-DETRv2 .pth: {RELEASES_HINT}"
     )
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file; float16 tensors come back as float32."""
+def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict of an official-layout `.pth` file, dtypes as stored."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; {RELEASES_HINT}")
@@ -74,36 +87,25 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file for the user
         raise unreadable_checkpoint(path, err) from None
-    state = extract_state_dict(obj, path)
+    return extract_state_dict(obj, path)
+
+
+def read_state_dict(path: str | Path, name: str | None = None) -> dict[str, torch.Tensor]:
+    """Read a checkpoint (official `.pth` or HF folder/file); float16 tensors come back as float32.
+
+    For an HF checkpoint, `name` is the variant its config.json must describe.
+    """
+    path = Path(path)
+    if is_hf_checkpoint(path):
+        state = read_hf_checkpoint(path, name).state
+    elif path.is_dir():
+        raise UserError(
+            f"checkpoint {path} is a folder without config.json or model.safetensors; {RELEASES_HINT}, "
+            f"or set it to a Hugging Face RT-DETR folder"
+        )
+    else:
+        state = read_official_state_dict(path)
     return {k: v.float() if v.dtype == torch.float16 else v for k, v in state.items()}
-
-
-@functools.cache
-def variant_signature(name: str) -> Signature:
-    """Key -> shape of variant `name`, built on the meta device (no memory, no init cost)."""
-    from rtq.models.registry import VARIANTS, construct
-
-    with torch.device("meta"):
-        model = construct(VARIANTS[name])
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
-def _normalise(signature: Signature) -> Signature:
-    """Drop `num_batches_tracked` keys, which frozen-norm backbones ignore when loading."""
-    return {k: v for k, v in signature.items() if not k.endswith("num_batches_tracked")}
-
-
-def closest_variants(signature: Signature) -> list[str]:
-    """Known variants whose key/shape signature is closest to `signature` (ties all returned)."""
-    from rtq.models.registry import VARIANTS
-
-    target = set(_normalise(signature).items())
-    scores: dict[str, float] = {}
-    for name in VARIANTS:
-        known = set(_normalise(variant_signature(name)).items())
-        scores[name] = len(target & known) / max(len(target | known), 1)
-    best = max(scores.values())
-    return sorted(n for n, s in scores.items() if s == best)
 
 
 def _first(keys: list[str]) -> str:
@@ -138,7 +140,7 @@ def describe_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str |
 
 def load_checkpoint(model: nn.Module, path: str | Path, name: str) -> None:
     """Load `path` into `model` (variant `name`) strictly; `UserError` in one line if it does not fit."""
-    state = read_state_dict(path)
+    state = read_state_dict(path, name)
     problem = describe_mismatch(model, state)
     if problem is not None:
         guess = closest_variants({k: tuple(v.shape) for k, v in state.items()})
