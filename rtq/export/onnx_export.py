@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from rtq.errors import UserError
+from rtq.export.export_fixes import fixes_for_op, known_fixes_line
 from rtq.files import atomic_target
 from rtq.models.io import DETECTION_INPUTS, DETECTION_OUTPUTS
 
@@ -77,11 +78,22 @@ def _module_calling(model: nn.Module, inputs: tuple[torch.Tensor, ...], op: str)
     for name, module in model.named_modules():
         handles.append(module.register_forward_pre_hook(enter(name)))
         handles.append(module.register_forward_hook(leave))
+    # traced first: code may take another branch while tracing (torch.jit.is_tracing()), and that
+    # branch is what the exporter saw; eager as a fallback for modules that cannot be traced
+    runs: tuple[Callable[[], object], ...] = (
+        lambda: torch.jit.trace(model, inputs, check_trace=False, strict=False),
+        lambda: model(*inputs),
+    )
     try:
-        with torch.no_grad(), FunctionSpy(), DispatchSpy():
-            model(*inputs)
-    except Exception:  # noqa: BLE001 - best effort: the export error is what gets reported
-        pass
+        for run in runs:
+            stack.clear()
+            try:
+                with torch.no_grad(), _quiet_export(), FunctionSpy(), DispatchSpy():
+                    run()
+            except Exception:  # noqa: BLE001 - best effort: the export error is what gets reported
+                pass
+            if found:
+                break
     finally:
         for handle in handles:
             handle.remove()
@@ -98,9 +110,16 @@ def _export_error(err: Exception, model: nn.Module, inputs: tuple[torch.Tensor, 
     op = match.group(1) or match.group(2)
     where = _module_calling(model, inputs, op) if match.group(1) else None
     module = f" in module {where!r} ({type(model.get_submodule(where)).__name__})" if where else ""
+    fixes = fixes_for_op(op)
+    if fixes:
+        return UserError(
+            f"ONNX export cannot convert op {op!r}{module}: apply export fix {' or '.join(fixes)} "
+            "(rtq.export.export_fixes; model.export_fixes for the rfdetr family)"
+        )
     return UserError(
-        f"ONNX export cannot convert op {op!r}{module}: replace it with exportable ops, exclude that module "
-        "from export, or raise the opset (export.opset)"
+        f"ONNX export cannot convert op {op!r}{module}: no export fix handles it (known fixes: "
+        f"{known_fixes_line()}); replace it with exportable ops, exclude that module from export, "
+        "or raise the opset (export.opset)"
     )
 
 

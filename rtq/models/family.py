@@ -24,6 +24,7 @@ from rtq.models.io import DetectorIO
 FAMILIES: dict[str, str] = {
     "rtdetr": "rtq.models.families.rtdetr:RTDETRFamily",
     "onnx": "rtq.models.families.onnx_adapter:OnnxAdapterFamily",
+    "rfdetr": "rtq.models.families.rfdetr:RfDetrFamily",
 }
 
 Source = Literal["torch", "onnx"]

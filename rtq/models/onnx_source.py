@@ -1,8 +1,9 @@
 """Detectors that exist only as an ONNX file: load them and give them a symbolic batch dimension.
 
 Third-party exports such as YOLOX's are often traced at batch 1, with the 1 baked into the graph
-inputs/outputs, every recorded intermediate shape and the shape constants of `Reshape` nodes. The
-rest of rtq (batched evaluation, FPS sweeps, TensorRT optimisation profiles) needs batch `N`, so
+inputs/outputs, every recorded intermediate shape and the shape constants (`rtq.models.batch_axis`
+follows the batch through them, merged with windows or heads too). The rest of rtq (batched
+evaluation, FPS sweeps, TensorRT optimisation profiles) needs batch `N`, so
 `make_batch_dynamic` rewrites those places and `check_dynamic_batch` proves the result by running
 it: each image of a batch must get the outputs it gets alone.
 """
@@ -15,21 +16,20 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from rtq.errors import UserError
 from rtq.files import save_onnx_atomic
+from rtq.models.batch_axis import BatchAxes, BatchAxisError, fold_constants, track_batch_axis
 
 BATCH_DIM = "N"
 
 
 @dataclass
-class BatchRewrite:
-    """What `make_batch_dynamic` changed, for the stage log."""
+class BatchRewrite(BatchAxes):
+    """What `make_batch_dynamic` changed, for the stage log (the constants: see `BatchAxes`)."""
 
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
-    reshapes: list[str] = field(default_factory=list)  # Reshape nodes whose batch constant became 0
 
 
 ONNX_PATH_FIX = "set model.onnx_path=PATH to the detector's exported .onnx file (e.g. models/yolox_nano.onnx)"
@@ -92,26 +92,18 @@ def _static_batch(model: onnx.ModelProto) -> int | None:
     return int(dims[0].dim_value)
 
 
-def _batch_leading_tensors(model: onnx.ModelProto, batch: int) -> set[str]:
-    """Tensors whose inferred shape starts with the static batch size (inputs of batch-aware ops)."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    names = set()
-    for info in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
-        dims = info.type.tensor_type.shape.dim
-        if len(dims) > 0 and dims[0].HasField("dim_value") and dims[0].dim_value == batch:
-            names.add(info.name)
-    return names
-
-
 def make_batch_dynamic(
     model: onnx.ModelProto, dim_name: str = BATCH_DIM
 ) -> tuple[onnx.ModelProto, BatchRewrite]:
     """Copy of `model` with the static leading batch of every input/output replaced by `dim_name`.
 
-    `Reshape` shape constants whose first entry equals the static batch (and whose data input
-    carries that batch first) get 0 in its place, ONNX's "copy this dimension from the input",
-    which keeps them correct for any batch. Recorded intermediate shapes are dropped and
-    re-inferred, since they all carry the old batch.
+    Shape constants that carry the batch follow it (`rtq.models.batch_axis`): each `Reshape` target
+    infers the batch axis (0 = "copy from the input" where the batch stays on the same axis, else
+    -1 with the other entries explicit), and batch-free tensors that meet batched ones in a
+    non-broadcasting op are tiled by N. Shapes the graph computes at run time (TorchScript's
+    `Shape -> Gather -> Concat`) are folded at the static batch first when they stop that.
+    Recorded intermediate shapes are dropped and re-inferred, since they all carry the old batch.
+    Raises `BatchAxisError` where the batch cannot be followed.
     """
     batch = _static_batch(model)
     out = onnx.ModelProto()
@@ -119,27 +111,11 @@ def make_batch_dynamic(
     report = BatchRewrite()
     if batch is None:
         return out, report
-    batch_leading = _batch_leading_tensors(model, batch)
-    initializers = {init.name: init for init in out.graph.initializer}
-    consumers: dict[str, int] = {}
-    for node in out.graph.node:
-        for name in node.input:
-            consumers[name] = consumers.get(name, 0) + 1
-    for node in out.graph.node:
-        if node.op_type != "Reshape" or node.input[1] not in initializers:
-            continue
-        shape = numpy_helper.to_array(initializers[node.input[1]]).copy()
-        if shape.size == 0 or shape[0] != batch or node.input[0] not in batch_leading:
-            continue
-        if consumers[node.input[1]] > 1:  # shared constant: give this node its own copy
-            new_name = f"{node.input[1]}_{node.name}_dynbatch"
-            const = numpy_helper.from_array(shape, new_name)
-            out.graph.initializer.append(const)
-            initializers[new_name] = const
-            node.input[1] = new_name
-        shape[0] = 0
-        initializers[node.input[1]].CopyFrom(numpy_helper.from_array(shape, node.input[1]))
-        report.reshapes.append(node.name)
+    try:
+        track_batch_axis(out, batch, report)
+    except BatchAxisError:  # shapes computed at run time: fold them at the static batch, then follow
+        out, report = fold_constants(model), BatchRewrite()
+        track_batch_axis(out, batch, report)
     for value, names in ((out.graph.input, report.inputs), (out.graph.output, report.outputs)):
         for info in value:
             dims = info.type.tensor_type.shape.dim
@@ -185,5 +161,11 @@ def dynamic_batch_onnx(
     src: str | Path, dst: str | Path, dim_name: str = BATCH_DIM
 ) -> tuple[Path, BatchRewrite]:
     """Load `src`, rewrite its batch to `dim_name` and save it to `dst` (written atomically)."""
-    model, report = make_batch_dynamic(load_detector_onnx(src), dim_name)
+    try:
+        model, report = make_batch_dynamic(load_detector_onnx(src), dim_name)
+    except BatchAxisError as err:
+        raise UserError(
+            f"cannot make the static batch of {str(src)!r} symbolic ({err}): export it with a dynamic "
+            "batch axis instead (rfdetr: model.export(dynamic_batch=True))"
+        ) from None
     return save_onnx_atomic(model, dst), report

@@ -19,13 +19,14 @@ class OnnxAdapterFamily(DetectorFamily):
     source: ClassVar[Source] = "onnx"
 
     def load(self, model_cfg: Mapping[str, Any]) -> Detector:
-        from rtq.models.adapters import build_adapter
+        from rtq.models.adapters import build_adapter, check_graph
 
         path = Path(str(model_cfg["onnx_path"]))
         if not path.is_file():
             raise UserError(f"model.onnx_path={path} does not exist; point it at the detector's ONNX file")
         options = dict(model_cfg.get("adapter_options") or {})
         io = build_adapter(str(model_cfg["adapter"]), **options)
+        check_graph(io, path)  # a file without the adapter's I/O fails here, in one line
         return Detector(
             str(model_cfg["name"]), self, io, source_onnx=path, weights=path.name, settings=dict(model_cfg)
         )
