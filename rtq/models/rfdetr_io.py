@@ -57,22 +57,15 @@ def to_pixel_values(image: np.ndarray, side: int) -> np.ndarray:
     return np.ascontiguousarray(normalised.transpose(2, 0, 1), dtype=np.float32)
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return np.asarray(1.0 / (1.0 + np.exp(-x.astype(np.float64))))
-
-
 def select_top_k(
     boxes: np.ndarray, logits: np.ndarray, width: int, height: int, top_k: int = 300
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One image: (logit indices, xyxy boxes in pixels, scores) of the top-k (query, class) pairs."""
-    num_classes = logits.shape[-1]
-    probs = _sigmoid(logits).reshape(-1)
-    order = np.argsort(-probs, kind="stable")[: min(top_k, probs.size)]
-    query, index = np.divmod(order, num_classes)
-    cx, cy, w, h = (boxes[query, i].astype(np.float64) for i in range(4))
-    xyxy = np.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], axis=-1)
-    xyxy *= np.asarray([width, height, width, height], dtype=np.float64)
-    return index, xyxy, probs[order]
+    """One image: (logit indices, xyxy boxes in pixels, scores) of the top-k (query, class) pairs:
+    the same sigmoid-top-k decode as RT-DETR's deploy form (`rtq.models.rtdetr.decode_raw`)."""
+    from rtq.models.rtdetr import decode_raw
+
+    decoded = decode_raw(logits, boxes, np.asarray([width, height]), top_k)
+    return decoded["labels"][0], decoded["boxes"][0], decoded["scores"][0]
 
 
 @dataclass
