@@ -22,8 +22,8 @@ class _Group:
     def __init__(self) -> None:
         self.scores: list[np.ndarray] = []  # float64 [D]
         self.ranks: list[np.ndarray] = []  # int32 [D]: position in its image's score-sorted list
-        self.matched: list[np.ndarray] = []  # bool [T, D]
-        self.ignored: list[np.ndarray] = []  # bool [T, D]
+        self.matched: list[np.ndarray] = []  # [T, D] booleans packed along T (uint8 [ceil(T/8), D])
+        self.ignored: list[np.ndarray] = []  # the same packing
         self.ground_truths = 0  # not-ignored ground truths
 
     def add(self, entries: list[dict[str, Any]], num_thresholds: int) -> None:
@@ -34,19 +34,20 @@ class _Group:
         scores = [np.asarray(e["dtScores"], dtype=np.float64) for e in entries]
         self.scores.append(np.concatenate(scores))
         self.ranks.append(np.concatenate([np.arange(len(s), dtype=np.int32) for s in scores]))
-        self.matched.append(np.concatenate([_flags(e["dtMatches"], num_thresholds) for e in entries], 1))
-        self.ignored.append(np.concatenate([_flags(e["dtIgnore"], num_thresholds) for e in entries], 1))
+        for flags, key in ((self.matched, "dtMatches"), (self.ignored, "dtIgnore")):
+            joined = np.concatenate([_flags(e[key], num_thresholds) for e in entries], 1)
+            flags.append(np.packbits(joined, axis=0))
 
-    def merged(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def merged(self, num_thresholds: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """All chunks' arrays joined in image order (the order pycocotools concatenates them in)."""
         if not self.scores:
-            empty = np.zeros((0,), np.float64)
-            return empty, np.zeros((0,), np.int32), np.zeros((0, 0), bool), np.zeros((0, 0), bool)
+            flags = np.zeros((num_thresholds, 0), bool)
+            return np.zeros((0,), np.float64), np.zeros((0,), np.int32), flags, flags
         return (
             np.concatenate(self.scores),
             np.concatenate(self.ranks),
-            np.concatenate(self.matched, 1),
-            np.concatenate(self.ignored, 1),
+            np.unpackbits(np.concatenate(self.matched, 1), axis=0, count=num_thresholds).astype(bool),
+            np.unpackbits(np.concatenate(self.ignored, 1), axis=0, count=num_thresholds).astype(bool),
         )
 
 
@@ -79,7 +80,7 @@ class StreamingAccumulator:
             for a, group in enumerate(row):
                 if group.ground_truths == 0:
                     continue
-                all_scores, ranks, matched, ignored = group.merged()
+                all_scores, ranks, matched, ignored = group.merged(num_t)
                 for m, max_det in enumerate(p.maxDets):
                     keep = ranks < max_det
                     precision[:, :, k, a, m], recall[:, k, a, m], scores[:, :, k, a, m] = _curves(

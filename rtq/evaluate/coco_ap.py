@@ -14,8 +14,9 @@ from rtq.data.coco import CocoDataset, pycocotools_output_to_debug_log
 from rtq.evaluate.coco_accumulate import StreamingAccumulator
 from rtq.models.io import Detections
 
-# Images evaluated per COCOeval pass (their detections are copied by pycocotools only for the pass).
-CHUNK_IMAGES = 500
+# Images evaluated per COCOeval pass: pycocotools copies their detections (dicts, about 1 KB each)
+# only for the pass, so this bounds the transient part of peak memory.
+CHUNK_IMAGES = 100
 # The order of COCOeval.stats for iouType="bbox".
 STAT_KEYS: tuple[str, ...] = (
     "ap",

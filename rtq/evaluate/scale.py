@@ -87,10 +87,11 @@ def report(experiment: str, rows: list[dict[str, float]], command: str) -> str:
         "",
         f"{images:.0f}x the images: {wall:.1f}x the wall time and {memory:.2f}x the peak memory. What grows "
         f"with the run is {growth * 1024 * 1000:.0f} KiB per 1,000 detections kept: the detections "
-        "themselves (compact rows; per category and area range a score, a rank and the match flags of "
-        "each) and the ground truth of the added images. Images are decoded a batch at a time and never "
-        "held; COCOeval sees 500 images at a time and its per-image results are reduced to those flat "
-        "arrays after each pass. The AP is the same on every size because the set repeats the same images.",
+        "themselves (compact rows; per category and area range a score, a rank and the packed match "
+        "flags of each) and the ground truth of the added images. Images are decoded a batch at a "
+        "time and never held; COCOeval sees 100 images at a time and its per-image results are "
+        "reduced to those flat arrays after each pass. The AP is the same on every size because the "
+        "set repeats the same images.",
         "",
     ]
     return "\n".join(lines)
