@@ -132,3 +132,7 @@ cp "$E2E/report.json" experiments/end2end_nms_forms/
 # 10. COCO evaluation at scale: peak memory and time at 80 and 2,000 images (synthetic COCO layout)
 $PY -m rtq.evaluate.scale --sizes 80 2000 --out experiments/eval_scale.md
 $PY -m rtq.evaluate.scale --sizes 80 2000 --out experiments/eval_scale_score_0.05.md evaluate.score_threshold=0.05
+
+# 11. RF-DETR nano (transformers, random weights): torch vs ONNX with the export fixes, INT8 vs FP32,
+#     batch sweeps on ORT and OpenVINO -> rfdetr_nano/
+$PY -m rtq.models.rfdetr_report --preset nano --input-size 320 --images 8 --calib-images 8 --iterations 10
