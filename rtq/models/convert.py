@@ -33,8 +33,10 @@ def check_fits(state: dict[str, torch.Tensor], name: str, source: Path) -> None:
         model = construct(VARIANTS[name])
     problem = describe_mismatch(model, state)
     if problem is not None:
+        guess = " or ".join(closest_variants({k: tuple(v.shape) for k, v in state.items()}))
         raise UserError(
-            f"{source} does not fit {name}: {problem}; pass --model with the checkpoint's variant"
+            f"{source} does not fit {name}: it looks like {guess}; {problem}; pass --model with the "
+            "checkpoint's variant"
         )
 
 

@@ -65,7 +65,10 @@ def test_dsp_variant_by_name_travels_in_the_config(official: Path, tmp_path: Pat
     [
         (["--to", "hf", "--model", "rtdetrv2_r19", "{pth}", "{out}"], "unknown model name 'rtdetrv2_r19'"),
         (["--to", "official", "{pth}", "{out}"], "is not a Hugging Face checkpoint"),
-        (["--to", "hf", "--model", "rtdetrv2_r34vd", "{pth}", "{out}"], "does not fit rtdetrv2_r34vd"),
+        (
+            ["--to", "hf", "--model", "rtdetrv2_r34vd", "{pth}", "{out}"],
+            "does not fit rtdetrv2_r34vd: it looks like rtdetrv2_r18vd",
+        ),
         (["--to", "hf", "{missing}", "{out}"], "does not exist"),
     ],
 )
