@@ -8,8 +8,6 @@ that file and the optimisation profile, whose batch range bounds what Triton may
 
 from __future__ import annotations
 
-import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,9 +15,9 @@ from typing import Any
 import numpy as np
 import onnx
 
+from rtq.backends.tensorrt.build import read_build_info
+from rtq.backends.tensorrt.compat import tensorrt_available
 from rtq.errors import UserError
-
-log = logging.getLogger("rtq")
 
 Dim = int | str  # a size, or the name of a symbolic dimension ("?" when unnamed)
 
@@ -91,14 +89,6 @@ def onnx_signature(path: str | Path) -> ModelSignature:
     return ModelSignature(path, inputs, outputs)
 
 
-def _build_info(engine: Path) -> dict[str, Any] | None:
-    info = engine.with_name(engine.stem + ".build.json")
-    if not info.is_file():
-        return None
-    data = json.loads(info.read_text())
-    return data if isinstance(data, dict) else None
-
-
 def profile_batch_range(info: dict[str, Any] | None) -> tuple[int, int] | None:
     """(min, max) batch the engine's optimisation profile covers on every input, if recorded."""
     profiles = ((info or {}).get("config") or {}).get("profiles") or {}
@@ -111,12 +101,10 @@ def profile_batch_range(info: dict[str, Any] | None) -> tuple[int, int] | None:
 
 def _engine_io_from_tensorrt(engine: Path) -> ModelSignature | None:
     """The engine's own I/O, when `tensorrt` and a GPU can deserialize it; None otherwise."""
-    try:
-        import tensorrt as trt
-    except ImportError:
+    if not tensorrt_available():
         return None
-    if not hasattr(trt, "Runtime"):
-        return None
+    import tensorrt as trt
+
     runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
     try:
         cuda_engine = runtime.deserialize_cuda_engine(engine.read_bytes())
@@ -150,7 +138,7 @@ def engine_signature(engine: str | Path, onnx_path: str | Path | None = None) ->
     engine = Path(engine)
     if not engine.is_file():
         raise UserError(f"engine {str(engine)!r} does not exist: pass an existing .plan file")
-    info = _build_info(engine)
+    info = read_build_info(engine)
     own = _engine_io_from_tensorrt(engine)
     if own is not None:
         return own

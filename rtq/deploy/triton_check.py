@@ -14,12 +14,11 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2 as mc
 
 from rtq.deploy.graph_io import ModelSignature, onnx_signature
-from rtq.deploy.triton_config import BACKENDS, PARAM_MODEL_FILE, parse_config, triton_type
+from rtq.deploy.triton_config import BACKENDS, PARAM_MODEL_FILE, parse_config, triton_dims, triton_type
 from rtq.errors import UserError
 
 _PLATFORM_OF = {b.backend: b.platform for b in BACKENDS.values() if b.platform}
-_DEFAULT_FILE = {b.backend: b.model_file for b in BACKENDS.values() if not b.needs_default_filename}
-_DEFAULT_FILE["openvino"] = "model.xml"
+_DEFAULT_FILE = {b.backend: b.loads_by_default for b in BACKENDS.values()}
 WILDCARD = -1
 
 
@@ -98,14 +97,14 @@ def _graph_problems(config: mc.ModelConfig, graph: ModelSignature) -> list[str]:
                 problems.append(f"model {kind} '{io.name}' is not a graph {kind} "
                                 f"(graph has {sorted(by_name)})")
                 continue
-            if io.data_type != triton_type(spec.dtype, spec.name):
+            graph_type = triton_type(spec.dtype, spec.name)
+            if io.data_type != graph_type:
                 problems.append(f"model {kind} '{io.name}' is {mc.DataType.Name(io.data_type)} but the graph "
-                                f"says {mc.DataType.Name(triton_type(spec.dtype, spec.name))}")
-            dims = list(spec.dims[1:] if strip else spec.dims)
+                                f"says {mc.DataType.Name(graph_type)}")
             if strip and (not spec.dims or not isinstance(spec.dims[0], str)):
                 problems.append(f"model {kind} '{io.name}' has no symbolic batch dimension in the graph, "
                                 "so max_batch_size must be 0")
-            shown = [int(d) if isinstance(d, int) else WILDCARD for d in dims] or [1]
+            shown = triton_dims(spec.dims[1:] if strip else spec.dims)
             fits = len(shown) == len(io.dims) and all(
                 c == WILDCARD or g == WILDCARD or c == g for c, g in zip(io.dims, shown, strict=True))
             if not fits:
@@ -118,9 +117,14 @@ def _graph_problems(config: mc.ModelConfig, graph: ModelSignature) -> list[str]:
 
 def model_dir_problems(model_dir: Path) -> list[str]:
     """Every offline problem of one model folder (config.pbtxt + numeric version folders)."""
+    return _checked(model_dir)[1]
+
+
+def _checked(model_dir: Path) -> tuple[mc.ModelConfig | None, list[str]]:
+    """The folder's parsed config (None when missing) and its problems."""
     config_path = model_dir / "config.pbtxt"
     if not config_path.is_file():
-        return [f"{config_path} is missing"]
+        return None, [f"{config_path} is missing"]
     config = parse_config(config_path.read_text(), str(config_path))
     problems = config_problems(config)
     if config.name and config.name != model_dir.name:
@@ -138,15 +142,15 @@ def model_dir_problems(model_dir: Path) -> list[str]:
     for version in versions:
         if graph_file and (version / graph_file).is_file():
             problems += _graph_problems(config, onnx_signature(version / graph_file))
-    return problems
+    return config, problems
 
 
 def check_model_dir(model_dir: str | Path) -> mc.ModelConfig:
     """Parse and check one model folder; the first problem becomes a one-line `UserError`."""
     model_dir = Path(model_dir)
-    problems = model_dir_problems(model_dir)
-    if problems:
+    config, problems = _checked(model_dir)
+    if problems or config is None:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise UserError(f"Triton model {str(model_dir)!r}: {problems[0]}{more}; fix it or regenerate the "
                         "folder with `python -m rtq.deploy triton`")
-    return parse_config((model_dir / "config.pbtxt").read_text(), str(model_dir / "config.pbtxt"))
+    return config

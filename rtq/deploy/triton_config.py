@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,7 @@ import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from rtq.deploy.graph_io import ModelSignature, TensorSpec
+from rtq.deploy.graph_io import Dim, ModelSignature, TensorSpec
 from rtq.errors import UserError
 
 log = logging.getLogger("rtq")
@@ -40,13 +41,18 @@ class TritonBackend:
     platform: str
     model_file: str
     default_kind: str
-    needs_default_filename: bool = False  # say `default_model_filename` (the backend's default differs)
+    server_default_file: str = ""  # the file the backend loads unless told; "" when it is model_file
+
+    @property
+    def loads_by_default(self) -> str:
+        """The file the backend loads when the config names none."""
+        return self.server_default_file or self.model_file
 
 
 BACKENDS: dict[str, TritonBackend] = {
     "onnxruntime": TritonBackend("onnxruntime", "onnxruntime_onnx", "model.onnx", "KIND_CPU"),
     # The OpenVINO backend's default file is model.xml; it reads ONNX when told model.onnx.
-    "openvino": TritonBackend("openvino", "", "model.onnx", "KIND_CPU", needs_default_filename=True),
+    "openvino": TritonBackend("openvino", "", "model.onnx", "KIND_CPU", server_default_file="model.xml"),
     "tensorrt": TritonBackend("tensorrt", "tensorrt_plan", "model.plan", "KIND_GPU"),
     # A Python-backend model (rtq/deploy/triton_python_model.py) running the ONNX beside it.
     "python": TritonBackend("python", "", "model.py", "KIND_CPU"),
@@ -144,15 +150,19 @@ def _dims(spec: TensorSpec, strip_batch: bool, label: str) -> list[int]:
     if not dims and not strip_batch:
         raise UserError(f"tensor {spec.name!r} of {label!r} is a scalar, which a non-batching Triton "
                         "model cannot take: give it shape [1] in the export")
+    return triton_dims(dims)
+
+
+def triton_dims(dims: Sequence[Dim]) -> list[int]:
+    """Graph dims as config dims: symbolic -> -1, and none (a scalar per batch item) -> [1]."""
     return [-1 if isinstance(d, str) else int(d) for d in dims] or [1]
 
 
 def _io(message: Any, spec: TensorSpec, strip_batch: bool, label: str) -> None:
     message.name = spec.name
     message.data_type = triton_type(spec.dtype, spec.name)
-    dims = spec.dims[1:] if strip_batch else spec.dims
     message.dims.extend(_dims(spec, strip_batch, label))
-    if strip_batch and not dims:  # [N] only: each batch item is a scalar
+    if strip_batch and len(spec.dims) == 1:  # [N] only: each batch item is a scalar
         message.reshape.SetInParent()
 
 
@@ -163,7 +173,7 @@ def build_config(signature: ModelSignature, name: str, options: DeployOptions) -
     config = mc.ModelConfig(name=check_model_name(name), backend=backend.backend)
     if backend.platform:
         config.platform = backend.platform
-    if backend.needs_default_filename:
+    if backend.loads_by_default != backend.model_file:  # the backend must be told which file
         config.default_model_filename = backend.model_file
     max_batch, strip = plan_batch(signature, options.max_batch_size)
     config.max_batch_size = max_batch

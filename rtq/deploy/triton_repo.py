@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
+from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 from tritonclient.grpc import model_config_pb2 as mc
 
 from rtq.deploy.graph_io import ModelSignature, engine_signature, onnx_signature
@@ -58,13 +59,7 @@ def _signature(model: Path, options: DeployOptions, onnx_path: Path | None) -> M
 def _external_data(model: Path) -> list[Path]:
     """Files an ONNX keeps its large weights in (they travel with it)."""
     graph = onnx.load(str(model), load_external_data=False).graph
-    names = {
-        entry.value
-        for init in graph.initializer
-        if init.data_location == onnx.TensorProto.EXTERNAL
-        for entry in init.external_data
-        if entry.key == "location"
-    }
+    names = {ExternalDataInfo(t).location for t in graph.initializer if uses_external_data(t)} - {""}
     return [model.parent / name for name in sorted(names)]
 
 

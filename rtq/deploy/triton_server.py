@@ -187,6 +187,18 @@ def wait_ready(server: RunningServer, timeout_s: float) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def _started(repo: str | Path, models: Sequence[str], venv: Path) -> Iterator[RunningServer]:
+    """A server logging into a temporary folder, stopped (stubs too) when the block ends."""
+    install = require_triton(venv)
+    with tempfile.TemporaryDirectory(prefix="rtq-triton-") as tmp:
+        server = start_server(install, Path(repo), models, Path(tmp))
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
 @dataclass(frozen=True)
 class Verdict:
     """Whether the server loaded the models, and what it said when it did not."""
@@ -203,13 +215,9 @@ class Verdict:
 def server_verdict(repo: str | Path, models: Sequence[str], timeout_s: float = 120.0,
                    venv: Path = TRITON_VENV) -> Verdict:
     """Start a server that must load `models` from `repo`, and report whether it could."""
-    install = require_triton(venv)
-    with tempfile.TemporaryDirectory(prefix="rtq-triton-") as tmp:
-        server = start_server(install, Path(repo), models, Path(tmp))
-        try:
-            loaded = wait_ready(server, timeout_s)
-        finally:
-            server.stop()
+    with _started(repo, models, venv) as server:
+        loaded = wait_ready(server, timeout_s)
+        server.stop()  # the whole log, shutdown included, before its folder goes
         log = server.log
     return Verdict(loaded, log_errors(log), log)
 
@@ -218,13 +226,8 @@ def server_verdict(repo: str | Path, models: Sequence[str], timeout_s: float = 1
 def serving(repo: str | Path, models: Sequence[str], timeout_s: float = 120.0,
             venv: Path = TRITON_VENV) -> Iterator[RunningServer]:
     """A server on loopback ports with `models` loaded, stopped when the block ends."""
-    install = require_triton(venv)
-    with tempfile.TemporaryDirectory(prefix="rtq-triton-") as tmp:
-        server = start_server(install, Path(repo), models, Path(tmp))
-        try:
-            if not wait_ready(server, timeout_s):
-                errors = log_errors(server.log) or ["not ready in time"]
-                raise UserError(f"tritonserver did not load {list(models)} from {str(repo)!r}: {errors[0]}")
-            yield server
-        finally:
-            server.stop()
+    with _started(repo, models, venv) as server:
+        if not wait_ready(server, timeout_s):
+            errors = log_errors(server.log) or ["not ready in time"]
+            raise UserError(f"tritonserver did not load {list(models)} from {str(repo)!r}: {errors[0]}")
+        yield server
