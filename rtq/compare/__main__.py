@@ -15,11 +15,10 @@ from typing import Any
 import numpy as np
 
 from rtq.backends.onnxruntime import make_graph_runner
+from rtq.backends.tensorrt.build import ENGINE_SUFFIXES
 from rtq.compare.compare import CompareSettings, compare_onnx, compare_runners
 from rtq.config import conf_section
 from rtq.errors import UserError, exit_on_user_error
-
-ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
 
 
 def image_feeds(

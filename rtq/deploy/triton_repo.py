@@ -17,6 +17,7 @@ import onnx
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 from tritonclient.grpc import model_config_pb2 as mc
 
+from rtq.backends.tensorrt.build import ENGINE_SUFFIXES
 from rtq.deploy.graph_io import ModelSignature, engine_signature, onnx_signature
 from rtq.deploy.triton_check import model_dir_problems
 from rtq.deploy.triton_config import BACKENDS, DeployOptions, build_config, check_model_name, config_text
@@ -25,7 +26,6 @@ from rtq.files import write_atomic
 
 log = logging.getLogger("rtq")
 
-ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
 PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
 VERSION = "1"
 

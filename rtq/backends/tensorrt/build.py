@@ -33,6 +33,7 @@ Shape = tuple[int, ...]
 DEFAULT_WORKSPACE_BYTES = 4 << 30
 CACHE_KEY_VERSION = 2  # bump when the build procedure changes what a key stands for
 FUSED_PLUGIN_KINDS = ("cpp", "python")
+ENGINE_SUFFIXES = (".plan", ".engine", ".trt")  # file names a serialized TensorRT engine goes by
 
 
 @dataclass(frozen=True)
