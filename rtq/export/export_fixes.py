@@ -113,48 +113,23 @@ def _unfold(module: nn.Module) -> None:
 # ---- decompose: antialiased resize as two matrix products -----------------------------------------
 
 
-def _cubic_aa(x: np.ndarray) -> np.ndarray:
-    """The cubic convolution kernel torch's antialiased path uses (a = -0.5, as Pillow)."""
-    a = -0.5
-    x = np.abs(x)
-    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
-    far = (((x - 5.0) * x + 8.0) * x - 4.0) * a
-    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
-
-
-def _linear_aa(x: np.ndarray) -> np.ndarray:
-    return np.clip(1.0 - np.abs(x), 0.0, None)
-
-
-_FILTERS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], float]] = {
-    "bicubic": (_cubic_aa, 2.0),
-    "bilinear": (_linear_aa, 1.0),
-}
+_AA_MODES = ("bicubic", "bilinear")
+_TORCH_INTERPOLATE = F.interpolate  # the unpatched resize, for the weights while the rewrite is active
 
 
 def resize_weights(in_size: int, out_size: int, mode: str) -> np.ndarray:
     """Weight matrix [out, in] of one axis of an antialiased resize (half-pixel centres, no corners).
 
-    Shrinking widens the kernel by the scale (that is the antialiasing); each row is normalised to
-    sum to 1, so borders renormalise instead of padding.
+    Read off torch's own kernel: resizing unit impulses gives each input pixel's weight in every
+    output pixel. The other axis is 2 wide, as torch's antialiased path treats a 1-wide axis apart.
     """
-    if mode not in _FILTERS:
+    if mode not in _AA_MODES:
         raise UserError(
-            f"antialiased resize mode {mode!r} has no decomposition; use one of {sorted(_FILTERS)}"
+            f"antialiased resize mode {mode!r} has no decomposition; use one of {sorted(_AA_MODES)}"
         )
-    kernel, radius = _FILTERS[mode]
-    scale = in_size / out_size
-    support = radius * max(scale, 1.0)
-    inv = 1.0 / scale if scale >= 1.0 else 1.0
-    weights = np.zeros((out_size, in_size), dtype=np.float64)
-    for i in range(out_size):
-        centre = scale * (i + 0.5)
-        lo = max(int(centre - support + 0.5), 0)
-        hi = min(int(centre + support + 0.5), in_size)
-        taps = kernel((np.arange(lo, hi) - centre + 0.5) * inv)
-        total = taps.sum()
-        weights[i, lo:hi] = taps / total if total != 0 else taps
-    return weights
+    impulses = torch.eye(in_size, dtype=torch.float64)[None, :, :, None].expand(1, in_size, in_size, 2)
+    out = _TORCH_INTERPOLATE(impulses, size=(out_size, 2), mode=mode, align_corners=False, antialias=True)
+    return out[0, :, :, 0].T.numpy()
 
 
 def resize_as_matmul(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
@@ -181,7 +156,7 @@ def _decompose_antialiased_resize(
     def interpolate(input: torch.Tensor, size: Any = None, scale_factor: Any = None, mode: str = "nearest",
                     align_corners: bool | None = None, recompute_scale_factor: bool | None = None,
                     antialias: bool = False) -> torch.Tensor:
-        if antialias and mode in _FILTERS and input.dim() == 4 and not align_corners:
+        if antialias and mode in _AA_MODES and input.dim() == 4 and not align_corners:
             out_hw = _output_size(input, size, scale_factor)
             calls.append(f"{mode} {tuple(int(s) for s in input.shape[-2:])}->{out_hw}")
             return resize_as_matmul(input, out_hw, mode)

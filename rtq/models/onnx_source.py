@@ -65,7 +65,8 @@ def load_detector_onnx(path: str | Path) -> onnx.ModelProto:
     return model
 
 
-def _dims(info: onnx.ValueInfoProto) -> list[int | str]:
+def tensor_dims(info: onnx.ValueInfoProto) -> list[int | str]:
+    """Dims of a graph input or output: numbers where static, else the symbol (or "?")."""
     shape = info.type.tensor_type.shape
     return [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in shape.dim]
 
@@ -75,10 +76,10 @@ def check_image_input(model: onnx.ModelProto, path: Path) -> None:
     weights = {init.name for init in model.graph.initializer}
     inputs = [info for info in model.graph.input if info.name not in weights]
     if len(inputs) == 1:
-        dims = _dims(inputs[0])
+        dims = tensor_dims(inputs[0])
         if len(dims) == 4 and (dims[1] == 3 or isinstance(dims[1], str)):
             return
-    found = ", ".join(f"{info.name}{_dims(info)}" for info in inputs) or "none"
+    found = ", ".join(f"{info.name}{tensor_dims(info)}" for info in inputs) or "none"
     raise UserError(
         f"{str(path)!r} is an ONNX model but not an image detector: its inputs are {found}, expected "
         f"one image input [N, 3, H, W]; {ONNX_PATH_FIX}"

@@ -57,17 +57,6 @@ def to_pixel_values(image: np.ndarray, side: int) -> np.ndarray:
     return np.ascontiguousarray(normalised.transpose(2, 0, 1), dtype=np.float32)
 
 
-def select_top_k(
-    boxes: np.ndarray, logits: np.ndarray, width: int, height: int, top_k: int = 300
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One image: (logit indices, xyxy boxes in pixels, scores) of the top-k (query, class) pairs:
-    the same sigmoid-top-k decode as RT-DETR's deploy form (`rtq.models.rtdetr.decode_raw`)."""
-    from rtq.models.rtdetr import decode_raw
-
-    decoded = decode_raw(logits, boxes, np.asarray([width, height]), top_k)
-    return decoded["labels"][0], decoded["boxes"][0], decoded["scores"][0]
-
-
 @dataclass
 class RfDetrIO:
     """`DetectorIO` of an RF-DETR graph `images -> (boxes, logits)` (or the rfdetr export's names)."""
@@ -93,7 +82,11 @@ class RfDetrIO:
         return [self.detections(boxes[i], logits[i], meta) for i, meta in enumerate(metas)]
 
     def detections(self, boxes: np.ndarray, logits: np.ndarray, meta: ImageMeta) -> Detections:
-        index, xyxy, scores = select_top_k(boxes, logits, meta.width, meta.height, self.top_k)
+        """One image: RT-DETR's deploy-form sigmoid top-k decode (`decode_raw`), then COCO labels."""
+        from rtq.models.rtdetr import decode_raw
+
+        decoded = decode_raw(logits, boxes, np.asarray([meta.width, meta.height]), self.top_k)
+        index, xyxy, scores = decoded["labels"][0], decoded["boxes"][0], decoded["scores"][0]
         labels = _LABEL_OF_INDEX[index] if logits.shape[-1] == 91 else index
         keep = labels >= 0
         return Detections(

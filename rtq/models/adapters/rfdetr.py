@@ -19,16 +19,12 @@ import onnx
 
 from rtq.errors import UserError
 from rtq.models.io import Detections, ImageMeta
+from rtq.models.onnx_source import tensor_dims
 
 INPUT = "input"
 BOXES = "dets"
 LOGITS = "labels"
 EXPORT_FIX = "re-export with rfdetr's model.export(), whose ONNX has input -> dets, labels"
-
-
-def _dims(info: onnx.ValueInfoProto) -> list[int | str]:
-    dims = info.type.tensor_type.shape.dim
-    return [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in dims]
 
 
 @dataclass
@@ -48,10 +44,9 @@ class RfdetrIO:
 
     def preprocess(self, images: list[np.ndarray]) -> tuple[dict[str, np.ndarray], list[ImageMeta]]:
         """RGB uint8 images -> {"input": float32 [N,3,S,S]} normalised, and the original sizes."""
-        from rtq.models.rfdetr_io import to_pixel_values
+        from rtq.models.rfdetr_io import RfDetrIO
 
-        batch = np.stack([to_pixel_values(image, self.input_size) for image in images])
-        return {self.input_names[0]: batch}, [ImageMeta(width=i.shape[1], height=i.shape[0]) for i in images]
+        return RfDetrIO(self.input_size, self.input_names).preprocess(images)
 
     def postprocess(self, outputs: dict[str, Any], metas: list[ImageMeta]) -> list[Detections]:
         """`dets` + `labels` of a batch -> per-image detections (contiguous labels, original pixels)."""
@@ -83,8 +78,8 @@ class RfdetrIO:
     def check_graph(self, model: onnx.ModelProto, where: str) -> None:
         """Fail in one line unless `model` has rfdetr's I/O contract at this adapter's input size."""
         weights = {init.name for init in model.graph.initializer}
-        inputs = {i.name: _dims(i) for i in model.graph.input if i.name not in weights}
-        outputs = {o.name: _dims(o) for o in model.graph.output}
+        inputs = {i.name: tensor_dims(i) for i in model.graph.input if i.name not in weights}
+        outputs = {o.name: tensor_dims(o) for o in model.graph.output}
         shape = inputs.get(self.input_names[0])
         contract = (
             shape is not None

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from rtq.models.family import Detector, DetectorFamily, Source
+from rtq.models.onnx_source import tensor_dims
 from rtq.models.rfdetr import DEFAULT_FIXES, RfDetrDeploy, check_resolution, get_preset
 from rtq.models.rfdetr_io import RfDetrIO
 
@@ -47,6 +48,6 @@ class RfDetrFamily(DetectorFamily):
 
     def graph_feeds(self, graph: Any, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         info = graph.graph.input[0]
-        dims = info.type.tensor_type.shape.dim
-        side = int(dims[3].dim_value) if len(dims) == 4 and dims[3].HasField("dim_value") else 384
+        dims = tensor_dims(info)
+        side = dims[3] if len(dims) == 4 and isinstance(dims[3], int) else 384
         return RfDetrIO(input_size=side, input_names=(info.name,)).preprocess(list(images))[0]
