@@ -117,7 +117,7 @@ def _curves(
         rc = tp / ground_truths
         pr = tp / (fp + tp + np.spacing(1))
         recall[t] = rc[-1] if len(tp) else 0
-        envelope = np.maximum.accumulate(pr[::-1])[::-1] if len(pr) else pr
+        envelope = np.maximum.accumulate(pr[::-1])[::-1]
         found = np.searchsorted(rc, rec_thrs, side="left")
         valid = found < len(envelope)  # pycocotools stops at the first recall level out of reach
         reached = int(np.argmin(valid)) if not valid.all() else num_r

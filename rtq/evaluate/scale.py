@@ -22,6 +22,7 @@ from pathlib import Path
 
 from rtq.data.synthetic_coco import make_synthetic_coco
 from rtq.errors import UserError, exit_on_user_error
+from rtq.evaluate.coco_ap import CHUNK_IMAGES
 from rtq.files import write_atomic
 from rtq.paths import PROJECT_ROOT, data_dir
 
@@ -89,7 +90,7 @@ def report(experiment: str, rows: list[dict[str, float]], command: str) -> str:
         f"with the run is {growth * 1024 * 1000:.0f} KiB per 1,000 detections kept: the detections "
         "themselves (compact rows; per category and area range a score, a rank and the packed match "
         "flags of each) and the ground truth of the added images. Images are decoded a batch at a "
-        "time and never held; COCOeval sees 100 images at a time and its per-image results are "
+        f"time and never held; COCOeval sees {CHUNK_IMAGES} images at a time and its per-image results are "
         "reduced to those flat arrays after each pass. The AP is the same on every size because the "
         "set repeats the same images.",
         "",

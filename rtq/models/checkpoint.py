@@ -19,11 +19,10 @@ from torch import nn
 
 from rtq.errors import UserError
 from rtq.models.hf_checkpoint import is_hf_checkpoint, read_hf_checkpoint
-from rtq.models.signature import Signature, closest_variants, variant_signature
+from rtq.models.signature import closest_variants, first_keys, variant_signature
 
 __all__ = [
     "RELEASES_HINT",
-    "Signature",
     "closest_variants",
     "describe_mismatch",
     "extract_state_dict",
@@ -40,7 +39,6 @@ RELEASES_HINT = (
     "official RT-DETRv2 weights are published in the lyuwenyu/RT-DETR GitHub releases "
     "(rtdetrv2_*.pth); download one and set model.checkpoint=PATH"
 )
-_SHOWN_KEYS = 3
 
 
 def extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -108,13 +106,8 @@ def read_state_dict(path: str | Path, name: str | None = None) -> dict[str, torc
     return {k: v.float() if v.dtype == torch.float16 else v for k, v in state.items()}
 
 
-def _first(keys: list[str]) -> str:
-    shown = ", ".join(keys[:_SHOWN_KEYS])
-    return shown + (f" (+{len(keys) - _SHOWN_KEYS} more)" if len(keys) > _SHOWN_KEYS else "")
-
-
 def describe_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
-    """A short description of why `state` cannot load strictly into `model`, or None if it can."""
+    """Why `state` cannot load strictly into `model`, led by the variants it looks like; None if it can."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     frozen_extra = {  # FrozenBatchNorm2d drops these on load
         k
@@ -128,14 +121,17 @@ def describe_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str |
     mismatched = [k for k in expected if k in state and tuple(state[k].shape) != expected[k]]
     parts = []
     if missing:
-        parts.append(f"missing keys: {_first(missing)}")
+        parts.append(f"missing keys: {first_keys(missing)}")
     if unexpected:
-        parts.append(f"unexpected keys: {_first(unexpected)}")
+        parts.append(f"unexpected keys: {first_keys(unexpected)}")
     if mismatched:
         k = mismatched[0]
         more = f" (+{len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
         parts.append(f"shape mismatch: {k} {list(state[k].shape)} vs {list(expected[k])}{more}")
-    return "; ".join(parts) if parts else None
+    if not parts:
+        return None
+    guess = " or ".join(closest_variants({k: tuple(v.shape) for k, v in state.items()}))
+    return "; ".join([f"it looks like {guess}", *parts])
 
 
 def load_checkpoint(model: nn.Module, path: str | Path, name: str) -> None:
@@ -143,10 +139,8 @@ def load_checkpoint(model: nn.Module, path: str | Path, name: str) -> None:
     state = read_state_dict(path, name)
     problem = describe_mismatch(model, state)
     if problem is not None:
-        guess = closest_variants({k: tuple(v.shape) for k, v in state.items()})
-        looks_like = " or ".join(guess)
         raise UserError(
-            f"checkpoint {path} does not fit model {name}: it looks like {looks_like}; {problem}. "
+            f"checkpoint {path} does not fit model {name}: {problem}. "
             f"Set model.name to the checkpoint's variant or model.checkpoint to a {name} checkpoint"
         )
     model.load_state_dict(state, strict=True)

@@ -126,7 +126,7 @@ def hugging_face_folder(ref: str) -> ResolvedCheckpoint:
     huggingface_hub reads HF_HOME / HF_HUB_CACHE / HF_HUB_OFFLINE itself and serves a cached
     snapshot without the network when the Hub cannot be reached.
     """
-    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         HfHubHTTPError,
         HFValidationError,
@@ -156,9 +156,9 @@ def hugging_face_folder(ref: str) -> ResolvedCheckpoint:
         if err.response is not None and err.response.status_code in (401, 403):
             refused = f"{spec}: the Hub refused access to {repo_id}; log in with `hf auth login`"
             raise UserError(refused) from None
-        raise _hf_unreachable(spec, constants.HF_HUB_CACHE, bool(constants.HF_HUB_OFFLINE), err) from None
+        raise _hf_unreachable(spec, err) from None
     except OSError as err:  # not cached, and offline or unreachable
-        raise _hf_unreachable(spec, constants.HF_HUB_CACHE, bool(constants.HF_HUB_OFFLINE), err) from None
+        raise _hf_unreachable(spec, err) from None
     missing = [pattern for pattern in HF_FILES if not any(folder.glob(pattern))]
     if missing:
         raise UserError(
@@ -168,9 +168,12 @@ def hugging_face_folder(ref: str) -> ResolvedCheckpoint:
     return ResolvedCheckpoint(folder, f"{HF_PREFIX}{repo_id}@{folder.name[:12]}")
 
 
-def _hf_unreachable(spec: str, cache: str, offline: bool, err: BaseException) -> UserError:
-    why = "HF_HUB_OFFLINE=1" if offline else f"the Hub is unreachable ({short_reason(err.__cause__ or err)})"
+def _hf_unreachable(spec: str, err: BaseException) -> UserError:
+    from huggingface_hub import constants
+
+    reason = short_reason(err.__cause__ or err)
+    why = "HF_HUB_OFFLINE=1" if constants.HF_HUB_OFFLINE else f"the Hub is unreachable ({reason})"
     return UserError(
-        f"cannot get {spec}: it is not in the Hugging Face cache {cache} and {why}; run once with "
-        f"network access, or put the model folder on disk and set model.checkpoint=PATH"
+        f"cannot get {spec}: it is not in the Hugging Face cache {constants.HF_HUB_CACHE} and {why}; run "
+        f"once with network access, or put the model folder on disk and set model.checkpoint=PATH"
     )

@@ -22,7 +22,7 @@ from rtq.models.checkpoint import describe_mismatch, read_official_state_dict
 from rtq.models.hf_checkpoint import CONFIG, WEIGHTS, is_hf_checkpoint, read_hf_checkpoint
 from rtq.models.hf_keys import hf_config, official_to_hf
 from rtq.models.registry import VARIANTS, construct, get_variant
-from rtq.models.signature import closest_variants, matching_variant
+from rtq.models.signature import variant_of_weights
 
 HF_ARCHITECTURE = "RTDetrV2ForObjectDetection"
 
@@ -33,20 +33,9 @@ def check_fits(state: dict[str, torch.Tensor], name: str, source: Path) -> None:
         model = construct(VARIANTS[name])
     problem = describe_mismatch(model, state)
     if problem is not None:
-        guess = " or ".join(closest_variants({k: tuple(v.shape) for k, v in state.items()}))
         raise UserError(
-            f"{source} does not fit {name}: it looks like {guess}; {problem}; pass --model with the "
-            "checkpoint's variant"
+            f"{source} does not fit {name}: {problem}; pass --model with the checkpoint's variant"
         )
-
-
-def _variant_of(state: dict[str, torch.Tensor], source: Path) -> str:
-    shapes = {k: tuple(v.shape) for k, v in state.items()}
-    name = matching_variant(shapes)
-    if name is None:
-        closest = " or ".join(closest_variants(shapes))
-        raise UserError(f"{source} matches no rtq variant (closest: {closest}); pass --model NAME")
-    return name
 
 
 def save_hf(hf_state: dict[str, torch.Tensor], name: str, out: Path) -> None:
@@ -75,7 +64,7 @@ def to_hf(source: Path, out: Path, name: str | None = None) -> str:
             f"{source} is already a Hugging Face checkpoint; use --to official to convert it back"
         )
     state = read_official_state_dict(source)
-    name = name or _variant_of(state, source)
+    name = name or variant_of_weights(state, str(source), "pass --model NAME")
     check_fits(state, name, source)
     save_hf(official_to_hf(state), name, out)
     return name

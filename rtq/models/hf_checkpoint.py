@@ -23,7 +23,7 @@ from rtq.models.hf_keys import (
     is_hf_layout,
     variant_of_hf_config,
 )
-from rtq.models.signature import closest_variants, matching_variant
+from rtq.models.signature import variant_of_weights
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -77,10 +77,7 @@ def read_hf_config(path: str | Path) -> dict[str, Any] | None:
     except (OSError, TypeError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"{file} is not a valid {model_type} config: {first}") from None
-    flat: dict[str, Any] = config.to_dict()
-    flat["num_labels"] = config.num_labels
-    backbone = getattr(config, "backbone_config", None)
-    flat["backbone_config"] = backbone.to_dict() if backbone is not None else None
+    flat: dict[str, Any] = config.to_dict()  # backbone_config nested; num_labels follows from id2label
     return flat
 
 
@@ -137,12 +134,7 @@ def read_hf_checkpoint(
     stored = read_hf_weights(path)
     state = hf_to_official(stored, str(path)) if is_hf_layout(stored) else dict(stored)
     if name is None:
-        shapes = {k: tuple(v.shape) for k, v in state.items()}
-        name = matching_variant(shapes)
-        if name is None:
-            closest = " or ".join(closest_variants(shapes))
-            raise UserError(
-                f"checkpoint {path} matches no rtq variant (closest: {closest}); put its config.json "
-                f"beside it or name the variant"
-            )
+        name = variant_of_weights(
+            state, f"checkpoint {path}", "put its config.json beside it or name the variant"
+        )
     return HFCheckpoint(complete_official(state, name), name)

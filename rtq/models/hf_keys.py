@@ -29,7 +29,7 @@ rtq always adds it, as the official code does (configs written here leave `eval_
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -38,14 +38,13 @@ from rtq.errors import UserError
 from rtq.models.decoder import generate_anchors
 from rtq.models.presnet import STAGE_BLOCKS, STAGE_WIDTHS, BasicBlock, BottleNeck
 from rtq.models.registry import VARIANTS, RTDETRVariant, get_variant
-from rtq.models.signature import variant_signature
+from rtq.models.signature import first_keys, variant_signature
 
 HF_V2, HF_V1 = "rt_detr_v2", "rt_detr"
 HF_MODEL_TYPES = (HF_V2, HF_V1)
 HF_BACKBONE_TYPE = "rt_detr_resnet"
 FEAT_STRIDES = (8, 16, 32)
 NUM_LEVELS = len(FEAT_STRIDES)
-_SHOWN = 3
 
 # HF config fields every rtq variant shares: a checkpoint with other values has no rtq network.
 FIXED_FIELDS: dict[str, Any] = {
@@ -189,67 +188,64 @@ def _rename(key: str, table: Table) -> str | None:
     return None
 
 
-def _first(keys: list[str]) -> str:
-    more = f" (+{len(keys) - _SHOWN} more)" if len(keys) > _SHOWN else ""
-    return ", ".join(keys[:_SHOWN]) + more
-
-
 def is_hf_layout(state: Mapping[str, Any]) -> bool:
-    """True when `state` uses HF key names (everything under `model.`, or the tied head copies)."""
+    """True when `state` uses HF key names (the official layout has none under `model.`)."""
     return any(k.startswith("model.") for k in state)
 
 
 def official_to_hf(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """HF `RTDetrV2ForObjectDetection` state dict (as `save_pretrained` writes it) of an official one."""
-    out: dict[str, torch.Tensor] = {}
-    unmapped: list[str] = []
-    for key, value in state.items():
-        packed = _PACKED.fullmatch(key)
-        items = (
-            [
-                (f"{packed['prefix']}.{x}_proj.{packed['p']}", part.clone())
-                for x, part in zip("qkv", value.chunk(3), strict=True)
-            ]
-            if packed
-            else [(key, value)]
-        )
-        for name, tensor in items:
-            if _NOT_CARRIED.fullmatch(name):
-                continue
-            new = _rename(name, _TO_HF)
-            if new is None:
-                unmapped.append(name)
-            else:
-                out[new] = tensor
+    split = [pair for key, value in state.items() for pair in _split_attention(key, value)]
+    out, unmapped = _renamed([(k, v) for k, v in split if not _NOT_CARRIED.fullmatch(k)], _TO_HF)
     if unmapped:
         raise UserError(
-            f"checkpoint keys with no Hugging Face name: {_first(unmapped)}; is it an RT-DETRv2 checkpoint?"
+            f"checkpoint keys with no Hugging Face name: {first_keys(unmapped)}; "
+            f"is it an RT-DETRv2 checkpoint?"
         )
     return out
 
 
 def hf_to_official(state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:
     """Official-layout state dict of an HF one (v2 or v1); derived buffers are not added here."""
-    renamed: dict[str, torch.Tensor] = {}
-    unmapped: list[str] = []
-    state = {_modern(key): value for key, value in state.items()}
-    for key, value in state.items():
+    modern = {_modern(key): value for key, value in state.items()}
+    untied: dict[str, torch.Tensor] = {}
+    for key, value in modern.items():
         alias = _rename(key, _HF_ALIASES)
-        if alias is not None:
-            if alias not in state:  # a tied copy counts only when the decoder's own is absent
-                renamed[str(_rename(alias, _TO_OFFICIAL))] = value
-            continue
-        new = _rename(key, _TO_OFFICIAL)
-        if new is None:
-            unmapped.append(key)
-        else:
-            renamed[new] = value
+        if alias is None:
+            untied[key] = value
+        elif alias not in modern:  # a tied copy counts only when the decoder's own is absent
+            untied[alias] = value
+    renamed, unmapped = _renamed(untied.items(), _TO_OFFICIAL)
     if unmapped:
         raise UserError(
-            f"{source} holds Hugging Face keys rtq has no place for: {_first(unmapped)}; rtq reads "
+            f"{source} holds Hugging Face keys rtq has no place for: {first_keys(unmapped)}; rtq reads "
             f"RT-DETR (v1/v2) ResNet checkpoints of RTDetrV2ForObjectDetection or RTDetrForObjectDetection"
         )
     return _merge_attention(renamed)
+
+
+def _renamed(
+    items: Iterable[tuple[str, torch.Tensor]], table: Table
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """`items` under their names in `table`, and the keys `table` has no name for."""
+    out: dict[str, torch.Tensor] = {}
+    unmapped: list[str] = []
+    for key, value in items:
+        new = _rename(key, table)
+        if new is None:
+            unmapped.append(key)
+        else:
+            out[new] = value
+    return out, unmapped
+
+
+def _split_attention(key: str, value: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """Packed `in_proj_weight/bias` as HF's `q/k/v_proj` (the inverse of `_merge_attention`)."""
+    packed = _PACKED.fullmatch(key)
+    if packed is None:
+        return [(key, value)]
+    prefix, p = packed["prefix"], packed["p"]
+    return [(f"{prefix}.{x}_proj.{p}", part.clone()) for x, part in zip("qkv", value.chunk(3), strict=True)]
 
 
 def _modern(key: str) -> str:

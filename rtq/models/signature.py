@@ -11,10 +11,12 @@ import re
 
 import torch
 
+from rtq.errors import UserError
 from rtq.models.registry import VARIANTS, construct
 
 Signature = dict[str, tuple[int, ...]]
 # Buffers that follow from the config (anchors, masks, scales, BatchNorm counters), not from training.
+_SHOWN_KEYS = 3
 _DERIVED = re.compile(r"(^decoder\.anchors|^decoder\.valid_mask|\.num_points_scale|\.num_batches_tracked)$")
 
 
@@ -24,6 +26,12 @@ def variant_signature(name: str) -> Signature:
     with torch.device("meta"):
         model = construct(VARIANTS[name])
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def first_keys(keys: list[str]) -> str:
+    """The first few of `keys` and how many more, for one-line errors about a checkpoint's keys."""
+    more = f" (+{len(keys) - _SHOWN_KEYS} more)" if len(keys) > _SHOWN_KEYS else ""
+    return ", ".join(keys[:_SHOWN_KEYS]) + more
 
 
 def _normalise(signature: Signature) -> Signature:
@@ -57,3 +65,13 @@ def matching_variant(signature: Signature) -> str | None:
     plain = [name for name in exact if VARIANTS[name].cross_attn_method == "default"]
     found = plain or exact
     return found[0] if found else None
+
+
+def variant_of_weights(state: dict[str, torch.Tensor], source: str, advice: str) -> str:
+    """`matching_variant` of `state`'s shapes, or a one-line `UserError` naming the closest variants."""
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    name = matching_variant(shapes)
+    if name is None:
+        closest = " or ".join(closest_variants(shapes))
+        raise UserError(f"{source} matches no rtq variant (closest: {closest}); {advice}")
+    return name
