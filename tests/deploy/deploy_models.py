@@ -6,21 +6,18 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 from tiny_onnx import conv_model, random_feeds
 
-from rtq.paths import PROJECT_ROOT
+from tests.yolox_model import YOLOX, dynamic_yolox, mini_coco_images, needs_yolox
 
-YOLOX = PROJECT_ROOT / "models" / "yolox_nano.onnx"
-needs_yolox = pytest.mark.skipif(not YOLOX.is_file(), reason="models/yolox_nano.onnx is missing")
+__all__ = ["YOLOX", "needs_yolox"]  # re-exported for the deployment tests
 
 
 def end2end_yolox(folder: Path) -> Path:
     """YOLOX-Nano with a symbolic batch and NMS in the graph (num_dets/det_boxes/det_scores/det_classes)."""
-    from rtq.models.onnx_source import dynamic_batch_onnx
     from rtq.surgery.base import run_passes
 
-    dynamic, _ = dynamic_batch_onnx(YOLOX, folder / "model.onnx")
+    dynamic = dynamic_yolox(folder, "model.onnx")
     out = folder / "model.end2end_nms.onnx"
     run_passes(dynamic, out, [{"name": "end2end_nms", "options": {}}])
     return out
@@ -53,11 +50,7 @@ def yolox_images(count: int) -> np.ndarray:
     """`count` real COCO images letterboxed as YOLOX wants them, when the shared images are there."""
     from rtq.data.coco import load_rgb
     from rtq.models.adapters.yolox import YoloxIO
-    from rtq.paths import data_dir
-
-    folder = data_dir("coco_val2017_mini")
-    if folder is None:
-        pytest.skip("coco_val2017_mini images are missing (../shared/data)")
+    folder = mini_coco_images()
     paths = sorted((folder / "val2017").glob("*.jpg"))[:count]
     feed, _ = YoloxIO().preprocess([load_rgb(p) for p in paths])
     return np.asarray(feed["images"])

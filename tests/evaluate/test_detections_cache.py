@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 
 from rtq.evaluate.detections_cache import DetectionsCache
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.yolox_model import dynamic_yolox, mini_coco_images, needs_yolox
 
 
 def test_cache_keeps_finished_images_drops_a_cut_line_and_ignores_another_key(tmp_path: Path) -> None:
@@ -56,21 +55,15 @@ class _StopsAfter:
         return self.runner.infer(feed)
 
 
-@pytest.mark.skipif(
-    not (ROOT / "models" / "yolox_nano.onnx").is_file(), reason="models/yolox_nano.onnx is missing"
-)
+@needs_yolox
 def test_an_interrupted_evaluation_resumes_with_the_same_ap(tmp_path: Path) -> None:
     from rtq.backends.onnxruntime import make_onnxrt_runner
     from rtq.data.coco import CocoDataset
     from rtq.evaluate.loop import evaluate_detector
     from rtq.models.adapters.yolox import YoloxIO
-    from rtq.models.onnx_source import dynamic_batch_onnx
-    from rtq.paths import data_dir
 
-    images = data_dir("coco_val2017_mini")
-    if images is None:
-        pytest.skip("the coco_val2017_mini images are missing")
-    model, _ = dynamic_batch_onnx(ROOT / "models" / "yolox_nano.onnx", tmp_path / "yolox.onnx")
+    images = mini_coco_images()
+    model = dynamic_yolox(tmp_path)
     dataset, io = CocoDataset(images, max_images=6), YoloxIO()
     whole = evaluate_detector(make_onnxrt_runner(model), io, dataset, 1, progress=False)
     cache = DetectionsCache(tmp_path / "cache", "run")

@@ -11,8 +11,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from plugins.efficient_nms_trt.reference import EfficientNmsAttributes, efficient_nms
+from tests.yolox_model import dynamic_yolox, mini_coco_images, needs_yolox
 
-ROOT = Path(__file__).resolve().parents[2]
 ATTRS = EfficientNmsAttributes(score_threshold=0.5, iou_threshold=0.5, max_output_boxes=3)
 
 
@@ -80,21 +80,15 @@ def test_onnx_runtime_runs_the_trt_form_through_the_reference_op(tmp_path: Path)
         np.testing.assert_array_equal(got[name], want)
 
 
-@pytest.mark.skipif(
-    not (ROOT / "models" / "yolox_nano.onnx").is_file(), reason="models/yolox_nano.onnx is missing"
-)
+@needs_yolox
 def test_both_end2end_forms_give_the_same_detections_on_real_images(tmp_path: Path) -> None:
     from rtq.backends.onnxruntime import make_graph_runner
     from rtq.data.coco import load_rgb
     from rtq.models.adapters.yolox import YoloxIO
-    from rtq.models.onnx_source import dynamic_batch_onnx
-    from rtq.paths import data_dir
     from rtq.surgery.base import run_passes
 
-    images = data_dir("coco_val2017_mini")
-    if images is None:
-        pytest.skip("the coco_val2017_mini images are missing")
-    dyn, _ = dynamic_batch_onnx(ROOT / "models" / "yolox_nano.onnx", tmp_path / "dyn.onnx")
+    images = mini_coco_images()
+    dyn = dynamic_yolox(tmp_path, "dyn.onnx")
     forms = {}
     for nms in ("onnx", "efficient_nms_trt"):
         forms[nms] = tmp_path / f"{nms}.onnx"
